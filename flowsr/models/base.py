@@ -1,0 +1,64 @@
+"""What the pipeline needs from a FlowSR model: a latent space and a velocity network.
+
+The public SD 2.1 model and the small built-in one both implement this, so they share the flow, the
+tiling, the tiled autoencoder and the colour fix.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+
+class FlowSRModel(nn.Module):
+    """A latent space (``encode`` / ``decode``) and a velocity field over it (``velocity``).
+
+    Subclasses set ``autoencoder`` (the module holding the latent space's weights, may hold none) and
+    ``denoiser`` (the velocity network), and the three class attributes below.
+    """
+
+    #: Image pixels per latent pixel along each side.
+    latent_factor: int = 8
+    #: Pre-processing reflect-pads image sides to a multiple of this.
+    pad_multiple: int = 64
+    #: Channels of the latent.
+    latent_channels: int = 4
+
+    autoencoder: nn.Module
+    denoiser: nn.Module
+
+    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Pixels in [-1, 1] (B,3,H,W) to the scaled latent; the distribution's mean unless a generator samples it."""
+        raise NotImplementedError
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """A scaled latent to pixels in about [-1, 1] (B,3,H,W)."""
+        raise NotImplementedError
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The predicted velocity at ``x_t``; ``t`` holds one flow time in [0, 1] per batch item."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    @contextlib.contextmanager
+    def autoencoder_in_fp32(self) -> Iterator[None]:
+        """Run the autoencoder in fp32 for a while: the escape from half-precision overflow."""
+        dtypes = {p.dtype for p in self.autoencoder.parameters()}
+        if dtypes <= {torch.float32}:
+            yield
+            return
+        original = dtypes.pop()
+        self.autoencoder.float()
+        try:
+            yield
+        finally:
+            self.autoencoder.to(original)
