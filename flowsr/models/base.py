@@ -25,6 +25,9 @@ class FlowSRModel(nn.Module):
     pad_multiple: int = 64
     #: Channels of the latent.
     latent_channels: int = 4
+    #: Tile side and overlap (latent pixels) when the caller leaves tiling automatic and memory is unknown.
+    default_tile_size: int = 96
+    default_tile_overlap: int = 32
 
     autoencoder: nn.Module
     denoiser: nn.Module
@@ -48,6 +51,11 @@ class FlowSRModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.denoiser.parameters()).dtype
+
+    @property
+    def autoencoder_dtype(self) -> torch.dtype:
+        parameter = next(self.autoencoder.parameters(), None)
+        return self.dtype if parameter is None else parameter.dtype
 
     @contextlib.contextmanager
     def autoencoder_in_fp32(self) -> Iterator[None]:

@@ -43,6 +43,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
 class TinyFlowSR(FlowSRModel):
     """Pixel-unshuffle latent + a small UNet velocity network."""
 
+    default_tile_size = 128
+    default_tile_overlap = 16
+
     def __init__(self, config: Optional[dict[str, Any]] = None):
         super().__init__()
         from diffusers import UNet2DModel
