@@ -1,0 +1,196 @@
+"""The pipeline on a tiny pixel-space model: conventions, tiling, retries, cancellation, image kinds."""
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from flowsr import BadInputError, Cancelled, FlowSRError, FlowSRPipeline, flow
+from flowsr.models.base import FlowSRModel
+from flowsr.pipeline import Tiling, pad_to_multiple
+
+
+def reference_upscale(model, lr, scale, times):
+    """FLOWSR.md section 2, written out plainly: resize, pad, encode, Euler, decode, crop."""
+    height, width = round(lr.shape[-2] * scale), round(lr.shape[-1] * scale)
+    x = F.interpolate(lr, size=(height, width), mode="bilinear", align_corners=False) * 2 - 1
+    multiple = model.pad_multiple
+    x = F.pad(x, (0, -width % multiple, 0, -height % multiple), mode="reflect")
+    z = model.encode(x)
+    for t, t_next in zip(times[:-1], times[1:]):
+        z = z + (t_next - t) * model.velocity(z, torch.full((1,), float(t)))
+    return ((model.decode(z)[..., :height, :width].clamp(-1, 1) + 1) / 2)
+
+
+@pytest.mark.parametrize("steps,schedule", [(1, "uniform"), (3, "uniform"), (4, "sd3")])
+def test_untiled_output_follows_the_reference_conventions(tiny_pipeline, image, steps, schedule):
+    out = tiny_pipeline.upscale_tensor(image, scale=4, steps=steps, schedule=schedule, tile_size=0, color_fix="none")
+    with torch.no_grad():
+        expected = reference_upscale(tiny_pipeline.model, image, 4, flow.schedule(schedule, steps).float())
+    assert out.shape == (1, 3, 96, 128)
+    assert (out - expected).abs().max() < 1 / 255 / 2
+
+
+def test_non_integer_scale_and_batch(tiny_pipeline, image):
+    batch = torch.cat([image, image.flip(-1)])
+    out = tiny_pipeline.upscale_tensor(batch, scale=2.5, tile_size=0)
+    assert out.shape == (2, 3, 60, 80) and 0 <= out.min() and out.max() <= 1
+    single = tiny_pipeline.upscale_tensor(batch[1:], scale=2.5, tile_size=0)
+    assert torch.allclose(out[1:], single, atol=1e-6)
+
+
+def test_tiling_of_a_local_model_is_seamless(image):
+    class Pointwise(FlowSRModel):
+        latent_factor, pad_multiple, latent_channels = 4, 16, 48
+
+        def __init__(self):
+            super().__init__()
+            self.autoencoder, self.denoiser = torch.nn.Identity(), torch.nn.Conv2d(48, 48, 1)
+
+        def encode(self, pixels, generator=None):
+            return F.pixel_unshuffle(pixels, 4)
+
+        def decode(self, latent):
+            return F.pixel_shuffle(latent, 4)
+
+        def velocity(self, x_t, t):
+            return self.denoiser(x_t) * 0.1
+
+    pipe = FlowSRPipeline(Pointwise())
+    large = F.interpolate(image, scale_factor=3, mode="bilinear")
+    whole = pipe.upscale_tensor(large, tile_size=0)
+    tiled = pipe.upscale_tensor(large, tile_size=16, tile_overlap=4, tile_batch=3)
+    assert (whole - tiled).abs().max() < 1e-4
+
+
+def test_progress_reaches_total_and_cancel_stops_between_tiles(tiny_pipeline, image):
+    calls = []
+    tiny_pipeline.upscale_tensor(image, steps=2, tile_size=16, tile_overlap=4, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1][0] == calls[-1][1] == len(calls) and len(calls) > 4
+
+    polled = []
+    with pytest.raises(Cancelled):
+        tiny_pipeline.upscale_tensor(image, tile_size=16, tile_overlap=4,
+                                     cancel=lambda: polled.append(1) or len(polled) > 2)
+    assert len(polled) == 3
+
+
+class OutOfMemoryAbove(contextlib.AbstractContextManager):
+    """Make the model's velocity raise CUDA's out-of-memory error for inputs larger than ``limit`` cells."""
+
+    def __init__(self, model, limit):
+        self.model, self.limit, self.sizes = model, limit, []
+
+    def __enter__(self):
+        original = type(self.model).velocity
+
+        def velocity(model, x_t, t):
+            self.sizes.append(tuple(x_t.shape))
+            if x_t.shape[0] * x_t.shape[-1] * x_t.shape[-2] > self.limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return original(model, x_t, t)
+        self.model.velocity = velocity.__get__(self.model)
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.velocity
+
+
+def test_out_of_memory_backs_off_to_smaller_tiles(tiny_pipeline, image):
+    large = F.interpolate(image, scale_factor=4, mode="bilinear")  # 96 x 128 -> latent 96 x 128 at x4
+    with OutOfMemoryAbove(tiny_pipeline.model, limit=40 * 40) as oom:
+        out = tiny_pipeline.upscale_tensor(large, tile_size=64, tile_overlap=8, tile_batch=2)
+    assert out.shape == (1, 3, 384, 512)
+    assert oom.sizes[0][0] == 2 and max(s[-1] for s in oom.sizes[-3:]) <= 32
+
+
+def test_out_of_memory_gives_up_with_a_clear_error(tiny_pipeline, image):
+    with OutOfMemoryAbove(tiny_pipeline.model, limit=1), pytest.raises(FlowSRError, match="out of memory"):
+        tiny_pipeline.upscale_tensor(image, tile_size=32)
+
+
+def test_tiling_shrinks_batch_first_then_size():
+    assert Tiling(96, 32, 4).shrunk() == Tiling(96, 32, 2)
+    assert Tiling(96, 32, 1).shrunk() == Tiling(48, 12, 1)
+    assert Tiling(0, 0, 1).shrunk().size == 64
+    assert Tiling(16, 4, 1).shrunk() is None
+
+
+def test_half_precision_overflow_in_the_decoder_falls_back_to_fp32(image):
+    class Overflowing(FlowSRModel):
+        latent_factor, pad_multiple, latent_channels = 4, 4, 48
+
+        def __init__(self):
+            super().__init__()
+            self.autoencoder = torch.nn.Linear(1, 1).half()
+            self.denoiser = torch.nn.Linear(1, 1)
+
+        def encode(self, pixels, generator=None):
+            return F.pixel_unshuffle(pixels.float(), 4)
+
+        def decode(self, latent):
+            overflow = torch.inf if self.autoencoder.weight.dtype == torch.float16 else 0.0
+            return F.pixel_shuffle(latent.float(), 4) + overflow
+
+        def velocity(self, x_t, t):
+            return torch.zeros_like(x_t)
+
+    model = Overflowing()
+    out = FlowSRPipeline(model).upscale_tensor(image, tile_size=0, color_fix="none")
+    assert torch.isfinite(out).all() and model.autoencoder.weight.dtype == torch.float16
+
+
+def test_pad_to_multiple_reflects_then_replicates():
+    x = torch.arange(3.0).reshape(1, 1, 1, 3)
+    padded = pad_to_multiple(x, 8)
+    assert padded.shape == (1, 1, 8, 8)
+    assert padded[0, 0, 0].tolist() == [0, 1, 2, 1, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(scale=0), "scale"), (dict(scale=9), "scale"), (dict(steps=0), "steps"), (dict(schedule="ddim"), "schedule"),
+    (dict(color_fix="auto"), "colour fix"), (dict(tile_size=4), "tile size"),
+    (dict(tile_size=32, tile_overlap=32), "overlap"), (dict(tile_batch=0), "tile batch"),
+])
+def test_bad_options_are_named(tiny_pipeline, image, options, message):
+    with pytest.raises(BadInputError, match=message):
+        tiny_pipeline.upscale_tensor(image, **options)
+
+
+def test_bad_shapes_and_kinds(tiny_pipeline):
+    with pytest.raises(BadInputError, match="channels"):
+        tiny_pipeline.upscale(torch.rand(5, 8, 8))
+    with pytest.raises(BadInputError, match="mode"):
+        tiny_pipeline.upscale(Image.new("F", (8, 8)))
+    with pytest.raises(BadInputError, match="list"):
+        tiny_pipeline.upscale([[0, 1]])
+    with pytest.raises(BadInputError, match="uint8"):
+        tiny_pipeline.upscale(np.zeros((4, 4, 3), dtype=np.int64))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "CMYK", "1"])
+def test_pil_modes_come_back_in_their_family(tiny_pipeline, mode):
+    image = Image.new("RGBA", (9, 7), (200, 30, 40, 128)).convert(mode)
+    out = tiny_pipeline.upscale(image, scale=2)
+    expected = {"P": "RGB", "CMYK": "RGB", "1": "L"}.get(mode, mode)
+    assert out.size == (18, 14) and out.mode == expected
+    if "A" in mode:
+        assert abs(np.asarray(out)[..., -1].astype(float).mean() - 128) < 2  # alpha resized, not diffused
+
+
+def test_sixteen_bit_and_tiny_images(tiny_pipeline):
+    deep = Image.fromarray((np.linspace(0, 65535, 30).reshape(5, 6)).astype(np.uint16))
+    out = tiny_pipeline.upscale(deep, scale=2)
+    assert out.mode == "I;16" and out.size == (12, 10) and np.asarray(out).max() > 255
+    assert tiny_pipeline.upscale(Image.new("RGB", (1, 1)), scale=4).size == (4, 4)
+
+
+def test_numpy_and_torch_keep_their_layout(tiny_pipeline):
+    assert tiny_pipeline.upscale(np.zeros((5, 6, 3), np.uint8), scale=2).shape == (10, 12, 3)
+    batch = tiny_pipeline.upscale(np.random.rand(2, 5, 6, 4).astype(np.float32), scale=2)
+    assert batch.shape == (2, 10, 12, 4) and batch.dtype == np.float32
+    assert tiny_pipeline.upscale(np.zeros((5, 6), np.uint16), scale=2).dtype == np.uint16
+    assert tiny_pipeline.upscale(torch.rand(1, 5, 6), scale=2).shape == (1, 10, 12)
+    assert tiny_pipeline.upscale(torch.rand(2, 3, 5, 6), scale=2).shape == (2, 3, 10, 12)
