@@ -1,0 +1,1 @@
+"""ComfyUI nodes for FlowSR: ``spec`` describes them, ``host`` runs them, ``v3``/``v1`` register them."""

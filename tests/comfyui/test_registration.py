@@ -1,0 +1,105 @@
+"""How ComfyUI finds the pack: V3 extension or V1 mappings, the node schema, and the models/flowsr folder."""
+import asyncio
+import os
+
+
+NODE_IDS = ["FlowSRLoader", "FlowSRUpscale", "FlowSRRefine"]
+
+
+def test_newer_comfyui_gets_only_the_v3_extension(pack, nodes_by_id):
+    # ComfyUI reads NODE_CLASS_MAPPINGS first when it exists, which would hide the V3 extension.
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS")
+    assert list(nodes_by_id) == NODE_IDS
+    from comfy_api.latest import io
+
+    assert all(issubclass(node, io.ComfyNode) for node in nodes_by_id.values())
+
+
+def test_every_node_is_in_image_upscaling_with_a_tooltip_on_every_input(nodes_by_id):
+    for node in nodes_by_id.values():
+        schema = node.GET_SCHEMA()
+        assert schema.category == "image/upscaling"
+        assert schema.display_name and schema.description
+        for item in schema.inputs + schema.outputs:
+            assert item.tooltip and len(item.tooltip) > 15, (schema.node_id, item)
+
+
+def test_sockets_join_loader_to_upscalers(nodes_by_id):
+    loader_output = nodes_by_id["FlowSRLoader"].GET_SCHEMA().outputs[0].io_type
+    for node_id in ("FlowSRUpscale", "FlowSRRefine"):
+        inputs = nodes_by_id[node_id].INPUT_TYPES()["required"]
+        assert inputs["flowsr_model"][0] == loader_output == "FLOWSR_MODEL"
+        assert inputs["image"][0] == "IMAGE"
+        assert nodes_by_id[node_id].GET_SCHEMA().outputs[0].io_type == "IMAGE"
+        # scale 0 never reaches the node: ComfyUI validates against the minimum first
+        assert inputs["scale"][1]["min"] == 1.0
+        # no randomize widget on the seed: -1 (the latent mean) is the reproducible default
+        assert inputs["seed"][1] == {**inputs["seed"][1], "default": -1, "control_after_generate": False}
+
+
+def test_refine_adds_steps_and_schedule_to_upscale(nodes_by_id):
+    upscale = list(nodes_by_id["FlowSRUpscale"].INPUT_TYPES()["required"])
+    refine = list(nodes_by_id["FlowSRRefine"].INPUT_TYPES()["required"])
+    assert [name for name in refine if name not in upscale] == ["steps", "schedule"]
+    assert nodes_by_id["FlowSRRefine"].INPUT_TYPES()["required"]["schedule"][1]["options"] == ["uniform", "sd3"]
+
+
+def _v1_view(v3_inputs: dict) -> dict:
+    """V3's ('COMBO', {'options': [...]}) is spelled ([...], {...}) in V1."""
+    view = {}
+    for name, (kind, options) in v3_inputs["required"].items():
+        options = {k: v for k, v in options.items() if k != "multiselect"}
+        view[name] = (options.pop("options"), options) if kind == "COMBO" else (kind, options)
+    return view
+
+
+def test_older_comfyui_gets_the_same_nodes_through_node_class_mappings(nodes_by_id, pack_loader):
+    v1 = pack_loader("flowsr_pack_v1", v3=False)
+    assert not hasattr(v1, "comfy_entrypoint")
+    assert list(v1.NODE_CLASS_MAPPINGS) == NODE_IDS
+    assert v1.NODE_DISPLAY_NAME_MAPPINGS["FlowSRUpscale"] == "FlowSR Upscale (one step)"
+    for node_id, v1_node in v1.NODE_CLASS_MAPPINGS.items():
+        v3_node = nodes_by_id[node_id]
+        assert v1_node.INPUT_TYPES()["required"] == _v1_view(v3_node.INPUT_TYPES())
+        assert v1_node.CATEGORY == "image/upscaling"
+        assert v1_node.RETURN_TYPES == tuple(o.io_type for o in v3_node.GET_SCHEMA().outputs)
+        assert callable(getattr(v1_node(), v1_node.FUNCTION))
+
+
+def test_outside_comfyui_the_package_registers_nothing(pack_loader):
+    # pytest imports the repository root's __init__.py when it collects; that must not need ComfyUI.
+    module = pack_loader("flowsr_pack_elsewhere", blocked=("folder_paths", "comfy", "comfy_api"))
+    assert not hasattr(module, "NODE_CLASS_MAPPINGS") and not hasattr(module, "comfy_entrypoint")
+    assert not hasattr(module, "nodes")  # nothing of the pack was imported
+
+
+def test_models_flowsr_is_registered_after_extra_model_paths(tmp_path, pack):
+    import folder_paths
+
+    folder_paths.reset(str(tmp_path / "ComfyUI"))
+    yaml_path = str(tmp_path / "shared" / "flowsr")  # what extra_model_paths.yaml set before custom nodes load
+    folder_paths.add_model_folder_path("flowsr", yaml_path, is_default=True)
+    pack.nodes.host.register_model_folder()
+    paths, extensions = folder_paths.folder_names_and_paths["flowsr"]
+    assert paths == [yaml_path, os.path.join(folder_paths.models_dir, "flowsr")]
+    assert extensions == {".safetensors"}  # never offer pickled weights
+    assert os.path.isdir(os.path.join(folder_paths.models_dir, "flowsr"))
+    pack.nodes.host.register_model_folder()  # ComfyUI may import the pack again (e.g. a reload)
+    assert folder_paths.get_folder_paths("flowsr") == paths
+
+
+def test_model_lists_show_what_the_loader_can_load(comfy_home, pack, tiny_model_file):
+    host = pack.nodes.host
+    models = comfy_home / "models"
+    (models / "flowsr" / "old.ckpt").write_bytes(b"pickle")
+    (models / "checkpoints").mkdir()
+    (models / "checkpoints" / "v2-1_512-ema-pruned.safetensors").write_bytes(b"")
+    (models / "checkpoints" / "sd15.ckpt").write_bytes(b"")
+    (models / "diffusers" / "sd21" / "nested").mkdir(parents=True)
+    (models / "diffusers" / "sd21" / "model_index.json").write_text("{}")
+    assert host.weight_choices() == [pack.flowsr.BUILTIN_MODEL_NAME, tiny_model_file.name]
+    assert host.base_model_choices() == ["none", "v2-1_512-ema-pruned.safetensors", "[diffusers] sd21"]
+
+
+def test_extension_entrypoint_is_async_like_comfyui_awaits_it(pack):
+    assert asyncio.iscoroutinefunction(pack.comfy_entrypoint)
