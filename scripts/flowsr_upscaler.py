@@ -1,0 +1,249 @@
+"""FlowSR in the upscaler lists of AUTOMATIC1111 and Forge: Extras, hires fix, img2img upscaling and the API.
+
+Host glue only: where the weights are, the Upscaling settings, the device, progress and interrupt. The
+super-resolution itself is ``flowsr.FlowSRPipeline``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+EXTENSION_ROOT = str(Path(__file__).resolve().parent.parent)
+if EXTENSION_ROOT not in sys.path:
+    # A1111 puts an extension's folder on sys.path only while it loads the extension's scripts; this keeps
+    # `import flowsr` working for hosts that load the file some other way (appended: it shadows nothing).
+    sys.path.append(EXTENSION_ROOT)
+
+import flowsr  # noqa: E402
+from flowsr.checkpoint import FLOWSR_LORA, read_safetensors_header  # noqa: E402
+from flowsr.color import COLOR_FIXES  # noqa: E402
+from flowsr.flow import SCHEDULES  # noqa: E402
+from flowsr.pipeline import MAX_SCALE, MIN_SCALE  # noqa: E402
+from modules import devices, paths, script_callbacks, shared  # noqa: E402
+from modules.upscaler import Upscaler, UpscalerData  # noqa: E402
+
+#: ``UpscalerData.data_path`` of the built-in model's entry; other entries hold a weights file, or None for
+#: the public weights not found at start-up (looked for again at each use, so no restart is needed).
+BUILTIN = "<flowsr built-in>"
+DEFAULT_WEIGHTS = "flowsr.safetensors"
+WEIGHTS_SOURCE = "the Hugging Face repo chunjie-spring/FlowSR"
+BASE_MODEL_FILE = "v2-1_512-ema-pruned.safetensors"
+#: SD 2.1-base single files: v2-1_512-ema-pruned.safetensors and the usual renamings of it.
+SD21_BASE_NAME = re.compile(r"v2-1_512|2[-_.]?1[-_]base", re.IGNORECASE)
+#: Each weights file is listed once per scale: A1111 sets its "Scale by" slider from the "4x" in a name.
+LISTED_SCALES = (4, 2)
+SETTINGS_SECTION = ("upscaling", "Upscaling", "postprocessing")
+
+
+class Setting(NamedTuple):  # not a dataclass: A1111 loads scripts without registering them in sys.modules
+    default: Any
+    label: str
+    component: str  # a gradio component class name
+    component_args: Optional[dict] = None
+    info: str = ""
+
+
+SETTINGS = {
+    "flowsr_tile_size": Setting(0, "FlowSR tile size (latent pixels, 8 image pixels each)", "Slider",
+                                {"minimum": 0, "maximum": 256, "step": 16}, "0 = automatic, from free memory"),
+    "flowsr_tile_overlap": Setting(16, "FlowSR tile overlap (latent pixels)", "Slider",
+                                   {"minimum": 0, "maximum": 64, "step": 4},
+                                   "used with a fixed tile size, at most half of it"),
+    "flowsr_color_fix": Setting("wavelet", "FlowSR colour fix", "Radio", {"choices": list(COLOR_FIXES)},
+                                "wavelet keeps the input's colours and the output's detail"),
+    "flowsr_steps": Setting(1, "FlowSR steps", "Slider", {"minimum": 1, "maximum": 8, "step": 1},
+                            "1 = the distilled one-step model; more steps refine"),
+    "flowsr_schedule": Setting("uniform", "FlowSR schedule for more than one step", "Radio",
+                               {"choices": list(SCHEDULES)}),
+    "flowsr_dtype": Setting("auto", "FlowSR precision", "Radio", {"choices": ["auto", "fp32", "fp16", "bf16"]},
+                            "auto = bf16 on CUDA where supported; always fp32 on the CPU and fp32 with --no-half"),
+    "flowsr_base_model": Setting("", "SD 2.1-base model for FlowSR", "Textbox", None,
+                                 f"a file in models/Stable-diffusion or a full path; empty = find {BASE_MODEL_FILE}"),
+    "flowsr_keep_loaded": Setting(True, "Keep the FlowSR model in RAM between uses", "Checkbox"),
+}
+
+
+def setting(key: str) -> Any:
+    """A setting's value, or its default where the settings page never registered it (API-only mode)."""
+    return getattr(shared.opts, key, SETTINGS[key].default)
+
+
+def on_ui_settings() -> None:
+    import gradio as gr
+
+    options = {}
+    for key, spec in SETTINGS.items():
+        info = shared.OptionInfo(spec.default, spec.label, getattr(gr, spec.component), spec.component_args)
+        options[key] = info.info(spec.info) if spec.info else info
+    for key, info in shared.options_section(SETTINGS_SECTION, options).items():
+        shared.opts.add_option(key, info)
+
+
+def device_and_dtype():
+    """``--use-cpu all`` (or ``--use-cpu flowsr``) means the CPU, which always computes in fp32."""
+    device = devices.get_device_for("flowsr")
+    dtype = setting("flowsr_dtype")
+    if device.type == "cpu" or (dtype == "auto" and shared.cmd_opts.no_half):
+        dtype = "fp32"
+    return device, dtype
+
+
+def free_host_memory() -> None:
+    """Forge keeps its own models on the GPU until asked to free it; A1111 has no such call."""
+    for name in ("modules_forge.utils", "modules_forge.forge_util"):
+        try:
+            prepare_free_memory = importlib.import_module(name).prepare_free_memory
+        except (ImportError, AttributeError):
+            continue
+        prepare_free_memory(aggressive=True)
+        return
+
+
+def interrupted() -> bool:
+    return bool(shared.state.interrupted or shared.state.skipped)
+
+
+def stable_diffusion_dirs() -> list[str]:
+    ckpt_dir = getattr(shared.cmd_opts, "ckpt_dir", None)
+    return [d for d in (ckpt_dir, os.path.join(paths.models_path, "Stable-diffusion")) if d]
+
+
+class UpscalerFlowSR(Upscaler):
+    """One FlowSR pass at the requested scale; A1111 then resizes to its exact target size."""
+
+    def __init__(self, dirname: Optional[str] = None):
+        self.name = "FlowSR"
+        self.model_name = "FlowSR"
+        self.user_path = dirname  # --flowsr-models-path, declared in preload.py
+        super().__init__(create_dirs=True)
+        self.pipeline: Optional[flowsr.FlowSRPipeline] = None
+        self.pipeline_key: Optional[tuple] = None
+        self.pass_done = False
+        self.scalers = self.list_entries()
+
+    # ---------------------------------------------------------------------------------------- models
+
+    def model_dirs(self) -> list[str]:
+        return list(dict.fromkeys(os.path.abspath(d) for d in (self.user_path, self.model_path) if d))
+
+    def weights_files(self) -> list[str]:
+        """Weights in the FlowSR folders; an SD base model put there is not one."""
+        files = self.find_models(ext_filter=[".safetensors"])
+        return [f for f in files if not SD21_BASE_NAME.search(os.path.basename(f))]
+
+    def list_entries(self) -> list:
+        files = self.weights_files()
+        default = next((f for f in files if Path(f).stem.lower() == "flowsr"), None)
+        models = [("FlowSR", default)] + [(f"FlowSR {Path(f).stem}", f) for f in files if f != default]
+        entries = [UpscalerData(f"{name} {scale}x", path, self, scale=scale)
+                   for name, path in models for scale in LISTED_SCALES]
+        return entries + [UpscalerData(f"{flowsr.BUILTIN_MODEL_NAME} 4x", BUILTIN, self, scale=4)]
+
+    def resolve(self, selected_model: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+        """(checkpoint, base model) of an entry; a missing file is a CheckpointError naming where it goes."""
+        if selected_model == BUILTIN:
+            return None, None
+        folder = self.model_dirs()[0]
+        checkpoint = selected_model or next(
+            (f for f in self.weights_files() if Path(f).stem.lower() == "flowsr"), None)
+        if checkpoint is None:
+            raise flowsr.CheckpointError(
+                f"FlowSR weights not found: download {DEFAULT_WEIGHTS} from {WEIGHTS_SOURCE} into {folder} "
+                f"(no restart needed). The '{flowsr.BUILTIN_MODEL_NAME} 4x' upscaler works without it.")
+        if not os.path.isfile(checkpoint):
+            raise flowsr.CheckpointError(f"FlowSR weights {checkpoint} are gone: put the file back into {folder}, "
+                                         "or pick another FlowSR upscaler")
+        if read_safetensors_header(checkpoint).kind != FLOWSR_LORA:
+            return checkpoint, None  # a full model needs no base; a wrong file gets flowsr's own message
+        return checkpoint, self.find_base_model()
+
+    def find_base_model(self) -> str:
+        sd_dirs = stable_diffusion_dirs()
+        configured = str(setting("flowsr_base_model")).strip()
+        if configured:
+            candidates = [configured] + [os.path.join(d, configured) for d in sd_dirs]
+            found = next((c for c in candidates if os.path.exists(c)), None)
+            if found is None:
+                raise flowsr.CheckpointError(
+                    f"the FlowSR base model '{configured}' (Settings > Upscaling) is neither a path nor a file in "
+                    f"{sd_dirs[0]}: correct the setting, or clear it to look for {BASE_MODEL_FILE}")
+            return found
+        for folder in [*self.model_dirs(), *sd_dirs]:
+            for file in shared.walk_files(folder, allowed_extensions=[".safetensors"]):
+                if SD21_BASE_NAME.search(os.path.basename(file)):
+                    return file
+        raise flowsr.CheckpointError(
+            f"FlowSR needs the Stable Diffusion 2.1-base model: put {BASE_MODEL_FILE} into {sd_dirs[-1]}, or set "
+            "its path in Settings > Upscaling > 'SD 2.1-base model for FlowSR'")
+
+    def load(self, checkpoint: Optional[str], base_model: Optional[str]) -> flowsr.FlowSRPipeline:
+        """The pipeline on the device A1111 assigns, kept between uses while its inputs stay the same."""
+        device, dtype = device_and_dtype()
+        if device.type != "cpu":
+            free_host_memory()
+        key = (checkpoint, base_model, dtype)
+        if self.pipeline_key != key:
+            self.unload()
+            print(f"FlowSR: loading {checkpoint or flowsr.BUILTIN_MODEL_NAME} ({dtype}, {device})",
+                  file=shared.progress_print_out)
+            self.pipeline = flowsr.FlowSRPipeline.from_pretrained(checkpoint, base_model, device=device, dtype=dtype)
+            self.pipeline_key = key
+        return self.pipeline.to(device)
+
+    def unload(self) -> None:
+        self.pipeline = self.pipeline_key = None
+        devices.torch_gc()
+
+    def release(self) -> None:
+        """Give the accelerator back to the host's own models: keep the pipeline in RAM, or drop it."""
+        if not setting("flowsr_keep_loaded"):
+            self.unload()
+            return
+        if self.pipeline is not None and self.pipeline.model.device.type != "cpu":
+            self.pipeline.to("cpu")
+        devices.torch_gc()
+
+    # ------------------------------------------------------------------------------------- upscaling
+
+    def upscale(self, img, scale, selected_model: Optional[str] = None):
+        self.pass_done = False
+        return super().upscale(img, scale, selected_model)
+
+    def do_upscale(self, img, selected_model: Optional[str]):
+        if self.pass_done:
+            # Upscaler.upscale() calls again while the image is below its target (above FlowSR's largest
+            # scale, or after an interrupt): a second diffusion pass would upscale the upscaled image.
+            return img
+        self.pass_done = True
+        pipeline = self.load(*self.resolve(selected_model))
+        try:
+            return self.run(pipeline, img)
+        except flowsr.Cancelled:
+            print("FlowSR: interrupted; the image is only resized", file=shared.progress_print_out)
+            return img
+        finally:
+            self.release()
+
+    def run(self, pipeline: flowsr.FlowSRPipeline, img):
+        from tqdm import tqdm
+
+        tile_size = int(setting("flowsr_tile_size")) or None
+        overlap = min(int(setting("flowsr_tile_overlap")), tile_size // 2) if tile_size else None
+        show_bar = getattr(shared.opts, "enable_upscale_progressbar", True)
+        with tqdm(desc="FlowSR", unit="call", disable=not show_bar) as bar:
+            def progress(done: int, total: int) -> None:
+                shared.state.sampling_steps, shared.state.sampling_step = total, done
+                bar.total = total
+                bar.update(done - bar.n)
+
+            return pipeline.upscale(
+                img, scale=min(max(float(self.scale), MIN_SCALE), MAX_SCALE), steps=int(setting("flowsr_steps")),
+                schedule=setting("flowsr_schedule"), tile_size=tile_size, tile_overlap=overlap,
+                color_fix=setting("flowsr_color_fix"), progress=progress, cancel=interrupted)
+
+
+script_callbacks.on_ui_settings(on_ui_settings)

@@ -1,0 +1,330 @@
+"""The A1111 / Forge upscaler against stand-ins of A1111 v1.10.1's modules (see standins/README.md)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+import flowsr
+from flowsr.pipeline import FlowSRPipeline
+
+REPO = Path(__file__).resolve().parents[2]
+STANDINS = Path(__file__).resolve().parent / "standins"
+
+BUILTIN_ENTRY = f"{flowsr.BUILTIN_MODEL_NAME} 4x"
+
+
+def picture(width: int = 20, height: int = 12) -> Image.Image:
+    ramp = torch.linspace(0, 255, width * height * 3).reshape(height, width, 3).to(torch.uint8)
+    return Image.fromarray(ramp.numpy(), "RGB")
+
+
+def a1111_target(image: Image.Image, scale: float) -> tuple[int, int]:
+    """The size A1111's Upscaler.upscale() returns: each side times the scale, rounded down to a multiple of 8."""
+    return int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8)
+
+
+@pytest.fixture
+def record_passes(monkeypatch):
+    """Counts FlowSR passes (calls of FlowSRPipeline.upscale) and keeps their options."""
+    passes = []
+    real_upscale = FlowSRPipeline.upscale
+
+    def upscale(self, image, scale=4.0, **options):
+        passes.append(SimpleNamespace(size=image.size, scale=scale, **options))
+        return real_upscale(self, image, scale=scale, **options)
+
+    monkeypatch.setattr(FlowSRPipeline, "upscale", upscale)
+    return passes
+
+
+# ------------------------------------------------------------------------------------------ the list
+
+
+def test_lists_the_public_weights_at_two_scales_and_the_builtin_model(start_a1111):
+    a1111 = start_a1111()
+    entries = {name: (u.data_path, u.scale) for name, u in a1111.upscalers.items()}
+    assert entries == {"FlowSR 4x": (None, 4), "FlowSR 2x": (None, 2), BUILTIN_ENTRY: (a1111.script.BUILTIN, 4)}
+    assert (a1111.models / "FlowSR").is_dir(), "the folder for the weights is created, so users see where they go"
+    for name, upscaler in a1111.upscalers.items():
+        # A1111's Extras sets its "Scale by" slider with this pattern (scripts/postprocessing_upscale.py).
+        match = re.search(r"(\d)[xX]|[xX](\d)", name)
+        assert int(match.group(1) or match.group(2)) == upscaler.scale
+
+
+def test_lists_each_weights_file_and_skips_a_base_model_put_beside_them(start_a1111, small_model, tmp_path):
+    flowsr_dir = tmp_path / "models" / "FlowSR"
+    public = small_model(flowsr_dir / "flowsr.safetensors")
+    mine = small_model(tmp_path / "elsewhere" / "mine.safetensors")
+    (flowsr_dir / "v2-1_512-ema-pruned.safetensors").write_bytes(b"not read when listing")
+    a1111 = start_a1111("--flowsr-models-path", str(mine.parent))
+    paths = {name: u.data_path for name, u in a1111.upscalers.items()}
+    assert paths == {"FlowSR 4x": str(public), "FlowSR 2x": str(public), "FlowSR mine 4x": str(mine),
+                     "FlowSR mine 2x": str(mine), BUILTIN_ENTRY: a1111.script.BUILTIN}
+
+
+# ------------------------------------------------------------------------------------- one pass
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_one_flowsr_pass_at_the_requested_scale_then_a1111_resizes(start_a1111, builtin_small, record_passes, scale):
+    a1111 = start_a1111("--use-cpu", "all", "--no-half")
+    image = picture()
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    result = upscaler.scaler.upscale(image, scale, upscaler.data_path)
+    assert [(p.size, p.scale) for p in record_passes] == [(image.size, scale)]
+    assert result.size == a1111_target(image, scale)
+    plain = image.resize(result.size, Image.Resampling.LANCZOS)
+    assert result.tobytes() != plain.tobytes(), "the result is FlowSR's, not a plain resize"
+    assert a1111.shared.state.sampling_step == a1111.shared.state.sampling_steps > 0
+
+
+def test_beyond_flowsr_largest_scale_still_one_pass(start_a1111, builtin_small, record_passes):
+    """A1111 would call again while the image is below target (the LDSR problem); the rest is its resize."""
+    a1111 = start_a1111("--use-cpu", "all")
+    image = picture(8, 8)
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    result = upscaler.scaler.upscale(image, 12, upscaler.data_path)
+    assert [p.scale for p in record_passes] == [8.0]
+    assert result.size == (96, 96)
+
+
+# ------------------------------------------------------------------------------------ interrupt
+
+
+class InterruptAt:
+    """A1111's state where the user presses Interrupt while FlowSR reports network call ``at``."""
+
+    def __init__(self, state, at: int):
+        self.state, self.at, self.steps_seen = state, at, []
+
+    def __getattr__(self, name):
+        return getattr(self.state, name)
+
+    def __setattr__(self, name, value):
+        if name in ("state", "at", "steps_seen"):
+            return object.__setattr__(self, name, value)
+        setattr(self.state, name, value)
+        if name == "sampling_step":
+            self.steps_seen.append(value)
+            if value == self.at:
+                self.state.interrupt()
+
+
+def test_interrupt_stops_between_tiles_and_returns_a1111s_resize(start_a1111, builtin_small, record_passes, capsys):
+    a1111 = start_a1111("--use-cpu", "all")
+    a1111.shared.opts.flowsr_tile_size = 16  # many tiles: 40x40 image, 4x, 4-pixel latent = 40x40 latent grid
+    state = InterruptAt(a1111.shared.state, at=2)
+    a1111.shared.state = state
+    image = picture(40, 40)
+    gc_before = a1111.devices.torch_gc_calls
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    result = upscaler.scaler.upscale(image, 4, upscaler.data_path)
+
+    assert state.steps_seen == [1, 2], "no network call after the interrupt"
+    assert a1111.shared.state.sampling_steps > 2
+    assert len(record_passes) == 1
+    assert result.tobytes() == image.resize((160, 160), Image.Resampling.LANCZOS).tobytes()
+    assert "interrupted" in capsys.readouterr().out
+    assert a1111.devices.torch_gc_calls > gc_before
+
+
+def test_skip_also_stops(start_a1111, builtin_small):
+    a1111 = start_a1111("--use-cpu", "all")
+    a1111.shared.state.skip()
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    assert upscaler.scaler.do_upscale(picture(), upscaler.data_path).size == picture().size
+
+
+# ------------------------------------------------------------------------------ missing weights
+
+
+def test_missing_weights_name_the_folder_and_need_no_restart(start_a1111, small_model, record_passes):
+    a1111 = start_a1111("--use-cpu", "all")
+    upscaler = a1111.upscalers["FlowSR 4x"]
+    folder = a1111.models / "FlowSR"
+    with pytest.raises(flowsr.CheckpointError) as error:
+        upscaler.scaler.upscale(picture(), 4, upscaler.data_path)
+    assert str(folder) in str(error.value) and "flowsr.safetensors" in str(error.value)
+    assert BUILTIN_ENTRY in str(error.value)
+
+    small_model(folder / "flowsr.safetensors")
+    assert upscaler.scaler.upscale(picture(), 2, upscaler.data_path).size == (40, 24)
+    assert len(record_passes) == 1
+
+
+def test_weights_removed_after_start(start_a1111, small_model, tmp_path):
+    weights = small_model(tmp_path / "models" / "FlowSR" / "flowsr.safetensors")
+    a1111 = start_a1111("--use-cpu", "all")
+    weights.unlink()
+    upscaler = a1111.upscalers["FlowSR 4x"]
+    with pytest.raises(flowsr.CheckpointError, match="are gone"):
+        upscaler.scaler.upscale(picture(), 4, upscaler.data_path)
+
+
+def test_public_weights_without_the_base_model_name_the_stable_diffusion_folder(start_a1111, flowsr_lora_file,
+                                                                               tmp_path):
+    (tmp_path / "models" / "FlowSR").mkdir(parents=True)
+    (tmp_path / "models" / "FlowSR" / "flowsr.safetensors").write_bytes(flowsr_lora_file.read_bytes())
+    a1111 = start_a1111("--use-cpu", "all")
+    upscaler = a1111.upscalers["FlowSR 4x"]
+    with pytest.raises(flowsr.CheckpointError) as error:
+        upscaler.scaler.upscale(picture(), 4, upscaler.data_path)
+    assert str(a1111.models / "Stable-diffusion") in str(error.value)
+    assert "v2-1_512-ema-pruned.safetensors" in str(error.value)
+
+    a1111.shared.opts.flowsr_base_model = "sd21.safetensors"
+    with pytest.raises(flowsr.CheckpointError, match="sd21.safetensors"):
+        upscaler.scaler.upscale(picture(), 4, upscaler.data_path)
+
+
+def test_public_weights_on_a_configured_base_model(start_a1111, flowsr_lora_file, tiny_sd_folder, tmp_path,
+                                                   record_passes):
+    """The whole public path: LoRA file in models/FlowSR, base model from the setting (a diffusers folder)."""
+    (tmp_path / "models" / "FlowSR").mkdir(parents=True)
+    (tmp_path / "models" / "FlowSR" / "flowsr.safetensors").write_bytes(flowsr_lora_file.read_bytes())
+    a1111 = start_a1111("--use-cpu", "all", settings_page=True)
+    a1111.shared.opts.flowsr_base_model = str(tiny_sd_folder)
+    upscaler = a1111.upscalers["FlowSR 2x"]
+    image = picture(16, 16)
+    result = upscaler.scaler.upscale(image, 2, upscaler.data_path)
+    assert result.size == (32, 32) and len(record_passes) == 1
+    assert upscaler.scaler.pipeline_key[:2] == (str(tmp_path / "models" / "FlowSR" / "flowsr.safetensors"),
+                                                str(tiny_sd_folder))
+
+
+def test_base_model_found_by_name_in_stable_diffusion_folder(start_a1111, flowsr_lora_file, tmp_path):
+    (tmp_path / "models" / "FlowSR").mkdir(parents=True)
+    (tmp_path / "models" / "FlowSR" / "flowsr.safetensors").write_bytes(flowsr_lora_file.read_bytes())
+    base = tmp_path / "models" / "Stable-diffusion" / "sd2" / "v2-1_512-ema-pruned.safetensors"
+    base.parent.mkdir(parents=True)
+    base.write_bytes(b"")
+    (base.parent / "v1-5-pruned-emaonly.safetensors").write_bytes(b"")
+    a1111 = start_a1111()
+    assert a1111.upscalers["FlowSR 4x"].scaler.resolve(None) == (
+        str(tmp_path / "models" / "FlowSR" / "flowsr.safetensors"), str(base))
+
+
+# ----------------------------------------------------------------------------------- settings
+
+
+def test_settings_read_with_defaults_in_api_only_mode(start_a1111, builtin_small, record_passes):
+    a1111 = start_a1111("--use-cpu", "all")  # --nowebui: the settings page never registers the options
+    assert not any(key.startswith("flowsr_") for key in a1111.shared.opts.data_labels)
+    for key, spec in a1111.script.SETTINGS.items():
+        assert a1111.script.setting(key) == spec.default
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
+    (run,) = record_passes
+    assert (run.steps, run.schedule, run.color_fix, run.tile_size, run.tile_overlap) == (1, "uniform", "wavelet",
+                                                                                       None, None)
+
+
+def test_settings_page_registers_the_options_in_the_upscaling_section(start_a1111):
+    a1111 = start_a1111(settings_page=True)
+    labels = a1111.shared.opts.data_labels
+    for key, spec in a1111.script.SETTINGS.items():
+        info = labels[key]
+        assert (info.default, info.section, info.category_id) == (spec.default, ("upscaling", "Upscaling"),
+                                                                 "postprocessing")
+        assert info.component is getattr(a1111.gradio, spec.component)
+        assert getattr(a1111.shared.opts, key) == spec.default
+    assert set(labels["flowsr_color_fix"].component_args["choices"]) == {"wavelet", "adain", "none"}
+
+
+def test_changed_settings_reach_flowsr(start_a1111, builtin_small, record_passes):
+    a1111 = start_a1111("--use-cpu", "all")
+    opts = a1111.shared.opts
+    # the web UI saves sliders as floats
+    opts.data.update(flowsr_tile_size=32.0, flowsr_tile_overlap=48.0, flowsr_steps=2.0, flowsr_schedule="sd3",
+                     flowsr_color_fix="none")
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
+    (run,) = record_passes
+    assert (run.steps, run.schedule, run.color_fix, run.tile_size, run.tile_overlap) == (2, "sd3", "none", 32, 16)
+
+
+# ------------------------------------------------------------------------- device, precision, memory
+
+
+@pytest.mark.parametrize("argv, dtype_setting", [(("--use-cpu", "all"), "fp16"), (("--use-cpu", "flowsr"), "bf16")])
+def test_fp32_on_the_cpu(start_a1111, builtin_small, monkeypatch, argv, dtype_setting):
+    loads = []
+    real = FlowSRPipeline.from_pretrained.__func__
+
+    def from_pretrained(cls, *args, **kwargs):
+        loads.append(kwargs)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(FlowSRPipeline, "from_pretrained", classmethod(from_pretrained))
+    a1111 = start_a1111(*argv)
+    a1111.shared.opts.flowsr_dtype = dtype_setting
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
+    assert [(str(kw["device"]), kw["dtype"]) for kw in loads] == [("cpu", "fp32")]
+    assert upscaler.scaler.pipeline.model.dtype == torch.float32
+
+
+@pytest.mark.parametrize("argv, dtype_setting, expected", [(("--no-half",), "auto", "fp32"), ((), "auto", "auto"),
+                                                           (("--no-half",), "fp16", "fp16")])
+def test_no_half_makes_automatic_precision_fp32_on_a_gpu(start_a1111, monkeypatch, argv, dtype_setting, expected):
+    a1111 = start_a1111(*argv)
+    monkeypatch.setattr(a1111.devices, "get_device_for", lambda task: torch.device("cuda", 0))
+    a1111.shared.opts.flowsr_dtype = dtype_setting
+    assert a1111.script.device_and_dtype() == (torch.device("cuda", 0), expected)
+
+
+def test_model_kept_in_ram_between_uses_unless_told_not_to(start_a1111, builtin_small, monkeypatch):
+    loads = []
+    real = FlowSRPipeline.from_pretrained.__func__
+    monkeypatch.setattr(FlowSRPipeline, "from_pretrained",
+                        classmethod(lambda cls, *a, **kw: loads.append(a) or real(cls, *a, **kw)))
+    a1111 = start_a1111("--use-cpu", "all")
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    for _ in range(2):
+        upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
+    assert len(loads) == 1 and upscaler.scaler.pipeline is not None
+
+    a1111.shared.opts.flowsr_keep_loaded = False
+    gc_before = a1111.devices.torch_gc_calls
+    upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
+    assert len(loads) == 1 and upscaler.scaler.pipeline is None
+    assert a1111.devices.torch_gc_calls > gc_before
+
+
+def test_forge_is_asked_to_free_its_gpu_memory(start_a1111, monkeypatch):
+    a1111 = start_a1111()
+    a1111.script.free_host_memory()  # A1111: no modules_forge, nothing to call
+    calls = []
+    forge_utils = SimpleNamespace(prepare_free_memory=lambda aggressive=False: calls.append(aggressive))
+    monkeypatch.setitem(sys.modules, "modules_forge", SimpleNamespace(__path__=[]))
+    monkeypatch.setitem(sys.modules, "modules_forge.utils", forge_utils)
+    a1111.script.free_host_memory()
+    assert calls == [True]
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def test_flowsr_imports_when_the_host_does_not_put_the_extension_on_sys_path(tmp_path):
+    """Load the script from another folder, with only the stand-ins on sys.path (as a host that skips that)."""
+    code = f"""
+import importlib.util, sys
+sys.path[:] = [p for p in sys.path if p not in ('', {str(REPO)!r})]
+sys.path.insert(0, {str(STANDINS)!r})
+from modules import modelloader, paths, shared  # A1111 imports modelloader (and so upscaler) first
+paths.models_path = shared.models_path = {str(tmp_path)!r}
+spec = importlib.util.spec_from_file_location("flowsr_upscaler.py", {str(REPO / "scripts" / "flowsr_upscaler.py")!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(module.flowsr.__file__)
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()) == REPO / "flowsr" / "__init__.py"
