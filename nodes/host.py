@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -219,7 +219,7 @@ def _stop_if_interrupted() -> bool:
 
 def image_to_pixels(image) -> torch.Tensor:
     """A ComfyUI IMAGE (B, H, W, 3) to flowsr's (B, 3, H, W), refusing what would upscale wrongly."""
-    if isinstance(image, Sequence) and not isinstance(image, torch.Tensor):
+    if isinstance(image, (list, tuple)):
         image = _stack_list(image)
     if not isinstance(image, torch.Tensor):
         raise flowsr.BadInputError(f"expected an IMAGE tensor, got {type(image).__name__}; connect an IMAGE "
@@ -243,7 +243,7 @@ def image_to_pixels(image) -> torch.Tensor:
     return image.movedim(-1, 1).float().clamp(0, 1)
 
 
-def _stack_list(images: Sequence) -> torch.Tensor:
+def _stack_list(images: list | tuple) -> torch.Tensor:
     """Some nodes hand over a list of images; one batch needs one size."""
     tensors = [i if i.ndim == 4 else i[None] for i in images if isinstance(i, torch.Tensor)]
     if len(tensors) != len(images) or not tensors:

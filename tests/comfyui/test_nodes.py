@@ -1,0 +1,242 @@
+"""The nodes run as ComfyUI runs them: execute() with widget values, IMAGE tensors in and out, the memory
+manager, the progress bar, the Cancel button, and clear errors for what they cannot take."""
+import gc
+import weakref
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def flowsr(pack):
+    """The flowsr package as the pack imports it (its own copy, named after the pack's folder)."""
+    return pack.flowsr
+
+
+@pytest.fixture
+def run(nodes_by_id):
+    """``run(node_id, **inputs)``: what ComfyUI's executor does for a V3 node; returns the first output."""
+    def execute(node_id, **inputs):
+        return nodes_by_id[node_id].execute(**inputs).result[0]
+    return execute
+
+
+@pytest.fixture
+def model(run, tiny_model_file):
+    return run("FlowSRLoader", flowsr_weights=tiny_model_file.name, base_model="none", dtype="auto")
+
+
+UPSCALE_DEFAULTS = dict(scale=2.0, tile_size=-1, tile_overlap=-1, color_fix="wavelet", seed=-1)
+
+
+def test_upscale_takes_and_gives_comfyui_images(run, model, make_image):
+    image = make_image(batch=2, height=24, width=20)
+    out = run("FlowSRUpscale", flowsr_model=model, image=image, **UPSCALE_DEFAULTS)
+    assert out.shape == (2, 48, 40, 3) and out.dtype == torch.float32 and out.device.type == "cpu"
+    assert 0 <= out.min() and out.max() <= 1
+    # the wavelet colour fix keeps the input's colours: the low frequencies follow the input
+    assert (out.mean(dim=(1, 2)) - image.mean(dim=(1, 2))).abs().max() < 0.05
+
+
+def test_upscale_is_the_pipeline_result(run, model, make_image):
+    """The node only converts layouts: its result is flowsr's on the same pixels."""
+    image = make_image(height=16, width=16)
+    out = run("FlowSRUpscale", flowsr_model=model, image=image, **{**UPSCALE_DEFAULTS, "color_fix": "none"})
+    expected = model.pipeline.upscale_tensor(image.movedim(-1, 1), scale=2.0, color_fix="none")
+    torch.testing.assert_close(out, expected.movedim(1, -1))
+
+
+def test_refine_runs_more_steps_than_upscale(run, model, make_image, progress_events):
+    image = make_image(height=16, width=16)
+    one = run("FlowSRUpscale", flowsr_model=model, image=image, **UPSCALE_DEFAULTS)
+    one_step_calls = progress_events[-1][1]
+    progress_events.clear()
+    refined = run("FlowSRRefine", flowsr_model=model, image=image, steps=3, schedule="sd3", **UPSCALE_DEFAULTS)
+    assert refined.shape == one.shape
+    assert progress_events[-1][1] == one_step_calls + 2  # two more velocity calls, one per extra step
+    assert not torch.equal(refined, one)
+
+
+def test_seed_minus_one_is_reproducible_and_a_seed_samples_the_latent(run, model, make_image):
+    image = make_image(height=16, width=16)
+    first = run("FlowSRUpscale", flowsr_model=model, image=image, **UPSCALE_DEFAULTS)
+    assert torch.equal(first, run("FlowSRUpscale", flowsr_model=model, image=image, **UPSCALE_DEFAULTS))
+    seeded = [run("FlowSRUpscale", flowsr_model=model, image=image, **{**UPSCALE_DEFAULTS, "seed": 7})
+              for _ in range(2)]
+    assert torch.equal(*seeded)
+
+
+def test_loading_the_same_files_again_reuses_the_model(run, tiny_model_file, comfy_home):
+    inputs = dict(flowsr_weights=tiny_model_file.name, base_model="none", dtype="fp32")
+    first = run("FlowSRLoader", **inputs)
+    assert run("FlowSRLoader", **inputs) is first
+    assert run("FlowSRLoader", **{**inputs, "dtype": "bf16"}) is not first
+    forgotten = weakref.ref(first)
+    del first
+    gc.collect()
+    assert forgotten() is None  # once ComfyUI lets go of it, the pack keeps nothing alive
+    replaced = run("FlowSRLoader", **inputs)
+    tiny_model_file.write_bytes(tiny_model_file.read_bytes())  # a new file under the same name
+    assert run("FlowSRLoader", **inputs) is not replaced
+
+
+def test_auto_dtype_follows_comfyui_and_the_model_is_managed_by_it(run, tiny_model_file, make_image, pack):
+    import comfy.model_management as mm
+
+    model = run("FlowSRLoader", flowsr_weights=tiny_model_file.name, base_model="none", dtype="auto")
+    assert model.pipeline.model.dtype == torch.float32  # ComfyUI says: no half precision on the CPU
+    assert isinstance(model.patcher.model, pack.nodes.host.FlowSRModule)
+    assert model.patcher.model.flowsr is model.pipeline.model
+    run("FlowSRUpscale", flowsr_model=model, image=make_image(height=16, width=16), **UPSCALE_DEFAULTS)
+    call = mm.load_calls[-1]
+    assert call["models"] == [model.patcher] and call["force_full_load"] and call["memory_required"] > 0
+    assert model.patcher in mm.current_loaded_models
+    assert model.patcher.model.device == mm.get_torch_device()
+    mm.unload_all_models()  # ComfyUI needs the memory for another model
+    assert model.patcher.model.model_loaded_weight_memory == 0
+    out = run("FlowSRUpscale", flowsr_model=model, image=make_image(height=16, width=16), **UPSCALE_DEFAULTS)
+    assert out.shape == (1, 32, 32, 3) and model.patcher in mm.current_loaded_models
+
+
+def test_progress_bar_advances_per_tile_to_the_end(run, model, make_image, progress_events):
+    run("FlowSRUpscale", flowsr_model=model, image=make_image(height=40, width=40),
+        **{**UPSCALE_DEFAULTS, "tile_size": 16, "tile_overlap": 4})
+    values = [value for value, _ in progress_events]
+    total = progress_events[-1][1]
+    assert total > 4  # several tiles
+    assert values == list(range(1, total + 1))
+
+
+def test_cancel_stops_within_one_tile(run, model, make_image):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    seen = []
+
+    def hook(value, total, preview, node_id=None):  # as ComfyUI's server hook, which checks Cancel too
+        seen.append(value)
+        if value == 2:
+            mm.interrupt_current_processing()  # the user presses Cancel during the second tile
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run("FlowSRUpscale", flowsr_model=model, image=make_image(height=40, width=40),
+                **{**UPSCALE_DEFAULTS, "tile_size": 16, "tile_overlap": 4})
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert seen == [1, 2]
+    assert not mm.processing_interrupted()  # the flag is consumed, as ComfyUI expects
+
+
+def test_cancel_is_polled_even_without_a_progress_hook(run, model, make_image):
+    import comfy.model_management as mm
+
+    mm.interrupt_current_processing()
+    with pytest.raises(mm.InterruptProcessingException):
+        run("FlowSRUpscale", flowsr_model=model, image=make_image(height=16, width=16), **UPSCALE_DEFAULTS)
+
+
+def test_out_of_memory_backs_off_to_smaller_tiles(run, model, make_image, monkeypatch):
+    import comfy.model_management as mm
+
+    network = model.pipeline.model.velocity
+    sizes = []
+
+    def velocity(x_t, t):
+        sizes.append(x_t.shape[-1])
+        if x_t.shape[-1] > 16:
+            raise mm.OOM_EXCEPTION("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return network(x_t, t)
+
+    monkeypatch.setattr(model.pipeline.model, "velocity", velocity)
+    out = run("FlowSRUpscale", flowsr_model=model, image=make_image(height=64, width=64),
+              **{**UPSCALE_DEFAULTS, "tile_size": 32, "tile_overlap": 8})  # a 32x32 latent: one 32-tile
+    assert out.shape == (1, 128, 128, 3)
+    assert sizes[0] == 32 and sizes[-1] == 16
+
+
+def test_out_of_memory_with_the_smallest_tiles_is_a_clear_error(run, model, make_image, monkeypatch, flowsr):
+    import comfy.model_management as mm
+
+    def velocity(x_t, t):
+        raise mm.OOM_EXCEPTION("CUDA out of memory")
+
+    monkeypatch.setattr(model.pipeline.model, "velocity", velocity)
+    with pytest.raises(flowsr.FlowSRError, match="out of memory even with the smallest tiles"):
+        run("FlowSRUpscale", flowsr_model=model, image=make_image(height=32, width=32), **UPSCALE_DEFAULTS)
+
+
+@pytest.mark.parametrize("image, message", [
+    (torch.rand(1, 16, 16, 4), "alpha channel.*Split Image with Alpha"),
+    (torch.rand(1, 16, 16), "MASK, not an IMAGE.*Convert Mask to Image"),
+    (torch.rand(1, 16, 16, 1), "1 channel.*Convert Mask to Image"),
+    ([torch.rand(1, 16, 16, 3), torch.rand(1, 20, 16, 3)], "mixes sizes \\(16x16, 16x20\\).*separately"),
+    (torch.rand(0, 16, 16, 3), "empty"),
+    ("example.png", "expected an IMAGE tensor"),
+])
+def test_images_it_cannot_take_get_a_message_that_says_what_to_do(run, model, image, message, flowsr):
+    with pytest.raises(flowsr.BadInputError, match=message):
+        run("FlowSRUpscale", flowsr_model=model, image=image, **UPSCALE_DEFAULTS)
+
+
+def test_a_list_of_same_size_images_is_one_batch(run, model, make_image):
+    images = [make_image(height=16, width=16, seed=1), make_image(height=16, width=16, seed=2)]
+    assert run("FlowSRUpscale", flowsr_model=model, image=images, **UPSCALE_DEFAULTS).shape == (2, 32, 32, 3)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(scale=0.0), "scale must be between 1 and 8, got 0"),
+    (dict(tile_size=8), "tile size must be 0 \\(off\\) or at least 16"),
+])
+def test_options_it_cannot_take_get_a_clear_error(run, model, make_image, options, message, flowsr):
+    with pytest.raises(flowsr.BadInputError, match=message):
+        run("FlowSRUpscale", flowsr_model=model, image=make_image(), **{**UPSCALE_DEFAULTS, **options})
+
+
+def test_upscale_needs_the_loaders_output(run, make_image, flowsr):
+    with pytest.raises(flowsr.BadInputError, match="Load FlowSR Model"):
+        run("FlowSRUpscale", flowsr_model="model.safetensors", image=make_image(), **UPSCALE_DEFAULTS)
+
+
+def test_a_file_that_is_not_flowsr_weights_gets_a_message_saying_where_files_go(run, comfy_home, flowsr):
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, str(comfy_home / "models" / "flowsr" / "upscaler.safetensors"))
+    (comfy_home / "models" / "flowsr" / "broken.safetensors").write_bytes(b"not a safetensors file")
+    for name in ("upscaler.safetensors", "broken.safetensors"):
+        with pytest.raises(flowsr.CheckpointError) as caught:
+            run("FlowSRLoader", flowsr_weights=name, base_model="none", dtype="auto")
+        assert name in str(caught.value) and "In ComfyUI: flowsr.safetensors goes in" in str(caught.value)
+
+
+def test_a_file_removed_since_the_list_was_shown_is_a_clear_error(run, flowsr, comfy_home):
+    with pytest.raises(flowsr.CheckpointError, match="'gone.safetensors' is not in models/flowsr.*Refresh"):
+        run("FlowSRLoader", flowsr_weights="gone.safetensors", base_model="none", dtype="auto")
+
+
+def test_the_published_format_loads_on_an_sd_base_model_from_models_diffusers(
+        run, comfy_home, flowsr_lora_file, tiny_sd_folder, make_image, flowsr):
+    (comfy_home / "models" / "flowsr" / "flowsr.safetensors").symlink_to(flowsr_lora_file)
+    (comfy_home / "models" / "diffusers").mkdir()
+    (comfy_home / "models" / "diffusers" / "sd21-base").symlink_to(tiny_sd_folder)
+    with pytest.raises(flowsr.CheckpointError, match="base model"):  # the LoRA alone is not a model
+        run("FlowSRLoader", flowsr_weights="flowsr.safetensors", base_model="none", dtype="auto")
+    model = run("FlowSRLoader", flowsr_weights="flowsr.safetensors", base_model="[diffusers] sd21-base",
+                dtype="fp32")
+    assert "flowsr.safetensors on [diffusers] sd21-base" in repr(model)
+    out = run("FlowSRUpscale", flowsr_model=model, image=make_image(height=16, width=16), **UPSCALE_DEFAULTS)
+    assert out.shape == (1, 32, 32, 3) and torch.isfinite(out).all()
+
+
+def test_v1_nodes_give_the_same_result(pack_loader, run, model, make_image, tiny_model_file):
+    v1 = pack_loader("flowsr_pack_v1_run", v3=False).NODE_CLASS_MAPPINGS
+
+    def call(node_id, **inputs):  # what ComfyUI does with a V1 node
+        node = v1[node_id]()
+        return getattr(node, node.FUNCTION)(**inputs)[0]
+
+    v1_model = call("FlowSRLoader", flowsr_weights=tiny_model_file.name, base_model="none", dtype="auto")
+    image = make_image(height=16, width=16)
+    torch.testing.assert_close(call("FlowSRUpscale", flowsr_model=v1_model, image=image, **UPSCALE_DEFAULTS),
+                               run("FlowSRUpscale", flowsr_model=model, image=image, **UPSCALE_DEFAULTS))

@@ -1,0 +1,464 @@
+"""Runs the node pack in a real ComfyUI: install, start headless, run every workflow, Cancel, bad inputs.
+
+    <ComfyUI venv>/bin/python tests/host/comfyui_driver.py --comfyui /path/to/ComfyUI [--out DIR]
+
+Run it with ComfyUI's own Python (it needs the ComfyUI environment's Pillow and aiohttp, nothing else).
+It links this repository into ``custom_nodes/`` (unless a ``ComfyUI-FlowSR`` entry is already there),
+starts ``main.py --cpu --disable-api-nodes`` on 127.0.0.1, and checks:
+
+- the pack imported (no ``(IMPORT FAILED)`` line for it in the log) and its three nodes are in ``/object_info``;
+- the core nodes our workflows use are as ``comfyui_workflows.CORE_NODES`` (what CI validates against) says;
+- the template browser lists each ``workflows/*.json`` and serves its ``.jpg`` thumbnail;
+- every workflow validates against the live ``/object_info``, its ``workflows/api`` twin is what the
+  frontend would queue, and the twin runs through ``POST /prompt`` with the built-in model, producing
+  images of the size the graph implies; the progress bar advanced per tile;
+- Cancel (``POST /interrupt``) stops a long upscale within about one tile;
+- scale 0 is refused at validation and a wrong file in the loader fails with FlowSR's message, the server
+  staying up.
+
+Results go to ``--out`` (report.json, report.md, the server log). ``--thumbnails DIR`` also writes each
+workflow's first output as ``DIR/<workflow>.jpg``. Exit status 0 when everything passed.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+import comfyui_workflows as checker  # noqa: E402
+
+PACK_FOLDER = "ComfyUI-FlowSR"
+OUR_NODES = ("FlowSRLoader", "FlowSRUpscale", "FlowSRRefine")
+INPUT_NAME = "flowsr_driver_input.png"
+
+
+class Server:
+    """A ComfyUI process of our own on 127.0.0.1, and the few HTTP calls the checks need."""
+
+    def __init__(self, comfyui: Path, python: str, port: int, log: Path):
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self.client_id = uuid.uuid4().hex
+        command = [python, "main.py", "--cpu", "--disable-api-nodes", "--listen", "127.0.0.1", "--port", str(port)]
+        self.process = subprocess.Popen(command, cwd=comfyui, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}; see {self.log}")
+            try:
+                self.get("/system_stats")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(1)
+        raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s; see {self.log}")
+
+    def request(self, method: str, path: str, body: Optional[dict] = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                raw, status = response.read(), response.status
+        except urllib.error.HTTPError as error:
+            raw, status = error.read(), error.code
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw
+
+    def get(self, path: str) -> Any:
+        status, body = self.request("GET", path)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: HTTP {status}")
+        return body
+
+    def queue(self, prompt: dict) -> tuple[int, Any]:
+        return self.request("POST", "/prompt", {"prompt": prompt, "client_id": self.client_id})
+
+    def free_memory(self) -> None:
+        """Ask ComfyUI to unload its models and drop cached node outputs (the frontend's 'Free memory')."""
+        self.request("POST", "/free", {"unload_models": True, "free_memory": True})
+        time.sleep(2)  # the prompt worker acts on it between prompts
+
+    def wait_history(self, prompt_id: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            time.sleep(0.5)
+        raise RuntimeError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class ProgressListener:
+    """Collects the server's websocket ``progress`` messages for our client (aiohttp: ComfyUI depends on it)."""
+
+    def __init__(self, server: Server):
+        self.messages: list[dict] = []
+        self.url = server.url.replace("http", "ws", 1) + f"/ws?clientId={server.client_id}"
+        self.ready = threading.Event()
+        threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True).start()
+        self.ready.wait(30)
+
+    async def _listen(self) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(self.url, max_msg_size=0) as socket:
+                self.ready.set()
+                async for message in socket:
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        data = json.loads(message.data)
+                        if data.get("type") == "progress":
+                            self.messages.append(data["data"])
+
+    def for_prompt(self, prompt_id: str) -> list[dict]:
+        return [m for m in self.messages if m.get("prompt_id") == prompt_id]
+
+
+class Report:
+    def __init__(self):
+        self.checks: list[dict] = []
+
+    def check(self, name: str, ok: bool, detail: Any = "") -> bool:
+        self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
+        print(f"[{'PASS' if ok else 'FAIL'}] {name}" + (f": {detail}" if detail else ""), flush=True)
+        return bool(ok)
+
+    @property
+    def ok(self) -> bool:
+        return all(c["ok"] for c in self.checks)
+
+
+def install_pack(comfyui: Path, report: Report) -> Path:
+    target = comfyui / "custom_nodes" / PACK_FOLDER
+    if not target.exists():
+        target.symlink_to(REPO_ROOT, target_is_directory=True)
+    report.check("pack installed in custom_nodes", (target / "__init__.py").is_file(),
+                 f"{target} -> {target.resolve()}")
+    return target
+
+
+def comfyui_commit(comfyui: Path, given: Optional[str]) -> str:
+    if given:
+        return given
+    try:
+        return subprocess.run(["git", "-C", str(comfyui), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def check_import(server: Server, pack: Path, report: Report) -> dict:
+    log = server.log.read_text(errors="replace")
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and pack.name in line]
+    report.check("pack imported (no IMPORT FAILED for it in the log)", not failed, failed)
+    object_info = server.get("/object_info")
+    report.check("our nodes are registered", all(n in object_info for n in OUR_NODES),
+                 {n: object_info.get(n, {}).get("display_name") for n in OUR_NODES})
+    report.check("our nodes are in image/upscaling",
+                 all(object_info.get(n, {}).get("category") == "image/upscaling" for n in OUR_NODES))
+    return object_info
+
+
+def check_core_nodes(object_info: dict, report: Report) -> None:
+    """The table CI validates workflows against must say what this ComfyUI says."""
+    for node_type, expected in checker.CORE_NODES.items():
+        real = object_info.get(node_type)
+        if real is None:
+            report.check(f"core node {node_type} exists", False)
+            continue
+        expected_inputs = [(n, k) for n, k, *_ in checker.inputs_of(expected)]
+        real_inputs = [(n, k) for n, k, *_ in checker.inputs_of(real)]
+        same = (expected_inputs == real_inputs and list(real["output"]) == expected["output"]
+                and real.get("display_name") == expected["display_name"])
+        report.check(f"core node {node_type} matches CORE_NODES", same,
+                     "" if same else {"real": real_inputs, "output": real["output"]})
+
+
+def check_templates(server: Server, pack: Path, workflows: list[Path], report: Report) -> None:
+    listed = server.get("/workflow_templates").get(pack.name, [])
+    report.check("template browser lists every workflow", sorted(listed) == sorted(p.stem for p in workflows),
+                 sorted(listed))
+    for path in workflows:
+        request = urllib.request.Request(f"{server.url}/api/workflow_templates/{pack.name}/{path.stem}.jpg")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                served = response.status == 200 and response.read(3) == b"\xff\xd8\xff"
+        except urllib.error.URLError:
+            served = False
+        report.check(f"thumbnail served for {path.stem}", served)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(height, width) from a PNG's IHDR chunk."""
+    with path.open("rb") as file:
+        header = file.read(24)
+    width, height = struct.unpack(">II", header[16:24])
+    return height, width
+
+
+def expected_sizes(prompt: dict, input_size: tuple[int, int]) -> dict[str, Optional[tuple[int, int]]]:
+    """The image size each node gives, for the node types our workflows use (None where unknown)."""
+    sizes: dict[str, Optional[tuple[int, int]]] = {}
+
+    def size_of(node_id: str) -> Optional[tuple[int, int]]:
+        if node_id in sizes:
+            return sizes[node_id]
+        node = prompt[node_id]
+        inputs, kind = node["inputs"], node["class_type"]
+        source = lambda name: size_of(str(inputs[name][0])) if isinstance(inputs.get(name), list) else None  # noqa: E731
+        size = None
+        if kind == "LoadImage":
+            size = input_size
+        elif kind in ("FlowSRUpscale", "FlowSRRefine", "ImageScaleBy"):
+            factor = inputs.get("scale", inputs.get("scale_by"))
+            base = source("image")
+            size = base and (max(1, round(base[0] * factor)), max(1, round(base[1] * factor)))
+        elif kind == "ImageStitch":
+            first, second = source("image1"), source("image2")
+            if first and first == second:
+                gap = inputs["spacing_width"]
+                size = ((first[0], 2 * first[1] + gap) if inputs["direction"] in ("left", "right")
+                        else (2 * first[0] + gap, first[1]))
+        elif kind in ("SaveImage", "PreviewImage"):
+            size = source("images")
+        sizes[node_id] = size
+        return size
+
+    for node_id in prompt:
+        size_of(node_id)
+    return sizes
+
+
+def prepare_input(comfyui: Path, side: int) -> tuple[str, tuple[int, int]]:
+    """example.png (shipped with ComfyUI) shrunk to ``side`` pixels, so the CPU run stays short; 0: as is."""
+    from PIL import Image
+
+    example = comfyui / "input" / "example.png"
+    if side <= 0:
+        return "example.png", png_size(example)
+    with Image.open(example) as image:
+        image.convert("RGB").resize((side, side), Image.LANCZOS).save(comfyui / "input" / INPUT_NAME)
+    return INPUT_NAME, (side, side)
+
+
+def run_workflows(server: Server, comfyui: Path, workflows: list[Path], object_info: dict, input_name: str,
+                  input_size: tuple[int, int], listener: ProgressListener, report: Report,
+                  thumbnails: Optional[Path], timeout: float) -> list[dict]:
+    results = []
+    for path in workflows:
+        ui = json.loads(path.read_text())
+        report.check(f"{path.stem}: UI workflow valid for this ComfyUI",
+                     not (problems := checker.check_ui_workflow(ui, object_info)), problems)
+        prompt = json.loads((path.parent / "api" / path.name).read_text())
+        report.check(f"{path.stem}: API twin is what the frontend queues",
+                     prompt == checker.ui_to_api(ui, object_info))
+        report.check(f"{path.stem}: API twin valid for this ComfyUI",
+                     not (problems := checker.check_api_prompt(prompt, object_info)), problems)
+        for node in prompt.values():
+            if node["class_type"] == "LoadImage":
+                node["inputs"]["image"] = input_name
+        server.free_memory()  # each workflow from scratch: no cached node results, models loaded anew
+        started = time.monotonic()
+        status, answer = server.queue(prompt)
+        if not report.check(f"{path.stem}: queued", status == 200, "" if status == 200 else answer):
+            continue
+        entry = server.wait_history(answer["prompt_id"], timeout)
+        seconds = round(time.monotonic() - started, 1)
+        errors = [m[1].get("exception_message") for m in entry["status"].get("messages", [])
+                  if m[0] == "execution_error"]
+        report.check(f"{path.stem}: ran", entry["status"]["status_str"] == "success", errors)
+        expected = expected_sizes(prompt, input_size)
+        outputs = []
+        for node_id, output in entry.get("outputs", {}).items():
+            for image in output.get("images", []):
+                file = comfyui / image["type"] / image["subfolder"] / image["filename"]
+                size = png_size(file)
+                outputs.append({"node": node_id, "file": str(file.relative_to(comfyui)), "height_width": size})
+                report.check(f"{path.stem}: node {node_id} output is {expected[node_id]}",
+                             size == expected[node_id], size)
+        report.check(f"{path.stem}: saved images", bool(outputs))
+        progress = listener.for_prompt(answer["prompt_id"])
+        ours = {n for n, node in prompt.items() if node["class_type"] in OUR_NODES[1:]}
+        ticks = {n: [m["value"] for m in progress if m.get("node") == n] for n in ours}
+        report.check(f"{path.stem}: progress bar advanced tile by tile to the end",
+                     all(t and t == list(range(1, t[-1] + 1)) and t[-1] == progress_max(progress, n)
+                         for n, t in ticks.items()), {n: f"{len(t)} ticks" for n, t in ticks.items()})
+        results.append({"workflow": path.stem, "seconds": seconds, "outputs": outputs,
+                        "progress_ticks": {n: len(t) for n, t in ticks.items()}})
+        if thumbnails is not None and outputs:
+            write_thumbnail(comfyui / outputs[0]["file"], thumbnails / f"{path.stem}.jpg")
+    return results
+
+
+def progress_max(progress: list[dict], node_id: str) -> Optional[int]:
+    maxima = [m["max"] for m in progress if m.get("node") == node_id]
+    return maxima[-1] if maxima else None
+
+
+def write_thumbnail(image_path: Path, target: Path, side: int = 512) -> None:
+    from PIL import Image
+
+    with Image.open(image_path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((side, side), Image.LANCZOS)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.save(target, "JPEG", quality=85)
+
+
+def check_cancel(server: Server, workflows: list[Path], report: Report, timeout: float) -> dict:
+    """Queue a long tiled upscale of the full-size example.png, press Cancel once it runs, time the stop."""
+    path = next(p for p in workflows if "tiled" in p.stem)
+    prompt = json.loads((path.parent / "api" / path.name).read_text())
+    for node in prompt.values():
+        if node["class_type"] == "FlowSRUpscale":
+            node["inputs"]["seed"] = 12345  # not a cached result of an earlier run
+    status, answer = server.queue(prompt)
+    if not report.check("cancel: long prompt queued", status == 200, "" if status == 200 else answer):
+        return {}
+    prompt_id = answer["prompt_id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not server.get("/queue")["queue_running"]:
+        time.sleep(0.2)
+    time.sleep(8)  # into the tiles (model loading and encoding come first)
+    pressed = time.monotonic()
+    server.request("POST", "/interrupt", {})
+    entry = server.wait_history(prompt_id, timeout)
+    stopped_after = round(time.monotonic() - pressed, 2)
+    interrupted = any(m[0] == "execution_interrupted" for m in entry["status"].get("messages", []))
+    report.check("cancel: the run was interrupted, not failed", interrupted, entry["status"]["status_str"])
+    report.check("cancel: stopped within a few seconds (one tile)", stopped_after < 15, f"{stopped_after} s")
+    return {"workflow": path.stem, "stopped_after_s": stopped_after, "interrupted": interrupted}
+
+
+def write_foreign_safetensors(path: Path) -> None:
+    """A valid safetensors file that holds no FlowSR weights (one float32 tensor of two zeros)."""
+    header = json.dumps({"weight": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+
+
+def check_bad_inputs(server: Server, comfyui: Path, workflows: list[Path], input_name: str, report: Report,
+                     timeout: float) -> dict:
+    path = next(p for p in workflows if p.stem == "flowsr_upscale")
+    prompt = json.loads((path.parent / "api" / path.name).read_text())
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = input_name
+    upscale = next(n for n in prompt.values() if n["class_type"] == "FlowSRUpscale")
+    bad_scale = json.loads(json.dumps(prompt))
+    next(n for n in bad_scale.values() if n["class_type"] == "FlowSRUpscale")["inputs"]["scale"] = 0.0
+    status, answer = server.queue(bad_scale)
+    refused = status == 400 and "scale" in json.dumps(answer.get("node_errors", {}))
+    report.check("scale 0: refused at validation with a message naming scale", refused,
+                 json.dumps(answer.get("node_errors", answer))[:300])
+
+    wrong = comfyui / "models" / "flowsr" / "not_flowsr.safetensors"
+    wrong.parent.mkdir(parents=True, exist_ok=True)
+    write_foreign_safetensors(wrong)
+    try:
+        loader = next(n for n in prompt.values() if n["class_type"] == "FlowSRLoader")
+        loader["inputs"]["flowsr_weights"] = wrong.name
+        upscale["inputs"]["seed"] = 1
+        status, answer = server.queue(prompt)
+        message = ""
+        if status == 200:
+            entry = server.wait_history(answer["prompt_id"], timeout)
+            message = next((m[1].get("exception_message", "") for m in entry["status"]["messages"]
+                            if m[0] == "execution_error"), "")
+        report.check("wrong file in the loader: an error that says what to do",
+                     wrong.name in message and "In ComfyUI:" in message, message[:400])
+    finally:
+        wrong.unlink()
+    alive = server.get("/system_stats") is not None
+    report.check("server still up after the bad inputs", alive)
+    return {"scale_0": refused, "wrong_file_message": message[:400]}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--comfyui", type=Path, default=os.environ.get("FLOWSR_COMFYUI_DIR"),
+                        help="ComfyUI folder (default: $FLOWSR_COMFYUI_DIR)")
+    parser.add_argument("--python", default=os.environ.get("FLOWSR_COMFYUI_PYTHON", sys.executable),
+                        help="Python of ComfyUI's environment (default: $FLOWSR_COMFYUI_PYTHON, else this one)")
+    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--comfyui-commit", default=os.environ.get("FLOWSR_COMFYUI_COMMIT"),
+                        help="the ComfyUI commit, for the report, where the folder is no git checkout")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "comfyui-host")
+    parser.add_argument("--input-size", type=int, default=128,
+                        help="side of the input image the workflows load (example.png resized); 0: as shipped")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds one workflow may take")
+    parser.add_argument("--thumbnails", type=Path, help="also write <workflow>.jpg from each workflow's output")
+    parser.add_argument("--skip-cancel", action="store_true", help="skip the Cancel check (about a minute)")
+    args = parser.parse_args(argv)
+    if args.comfyui is None:
+        parser.error("give --comfyui or set FLOWSR_COMFYUI_DIR")
+    comfyui = args.comfyui.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    workflows = sorted((REPO_ROOT / "workflows").glob("*.json"))
+    report = Report()
+    pack = install_pack(comfyui, report)
+    server = Server(comfyui, args.python, args.port, args.out / "comfyui.log")
+    summary: dict[str, Any] = {"comfyui_commit": comfyui_commit(comfyui, args.comfyui_commit)}
+    try:
+        server.wait_ready()
+        summary["comfyui_version"] = server.get("/system_stats")["system"].get("comfyui_version")
+        object_info = check_import(server, pack, report)
+        check_core_nodes(object_info, report)
+        check_templates(server, pack, workflows, report)
+        input_name, input_size = prepare_input(comfyui, args.input_size)
+        summary["input"] = {"image": input_name, "height_width": input_size}
+        listener = ProgressListener(server)
+        summary["workflows"] = run_workflows(server, comfyui, workflows, object_info, input_name, input_size,
+                                             listener, report, args.thumbnails, args.timeout)
+        summary["bad_inputs"] = check_bad_inputs(server, comfyui, workflows, input_name, report, args.timeout)
+        if not args.skip_cancel:
+            summary["cancel"] = check_cancel(server, workflows, report, args.timeout)
+    except Exception as error:  # report what broke, then still stop the server
+        report.check("driver ran to the end", False, f"{type(error).__name__}: {error}")
+    finally:
+        server.stop()
+    summary["checks"] = report.checks
+    summary["passed"] = report.ok
+    (args.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [f"ComfyUI {summary.get('comfyui_version')} at {summary['comfyui_commit']}", ""]
+    lines += [f"- {w['workflow']}: {w['seconds']} s, " + ", ".join(
+        f"{o['file']} {o['height_width'][1]}x{o['height_width'][0]}" for o in w["outputs"])
+        for w in summary.get("workflows", [])]
+    lines += ["", f"{sum(c['ok'] for c in report.checks)} passed, {sum(not c['ok'] for c in report.checks)} failed"]
+    (args.out / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
