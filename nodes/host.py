@@ -18,7 +18,7 @@ import folder_paths
 from comfy.model_patcher import ModelPatcher
 
 from .. import flowsr
-from ..flowsr.devices import resolve_dtype
+from ..flowsr.devices import is_out_of_memory, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -175,13 +175,38 @@ def upscale(flowsr_model: LoadedFlowSR, image, scale: float, tile_size: int, til
     if not isinstance(flowsr_model, LoadedFlowSR):
         raise flowsr.BadInputError("flowsr_model must come from the 'Load FlowSR Model' node")
     pixels = image_to_pixels(image)
-    model_management.load_models_gpu([flowsr_model.patcher], memory_required=_working_memory(flowsr_model),
-                                     force_full_load=True)
-    output = flowsr_model.pipeline.upscale_tensor(
-        pixels, scale=scale, steps=steps, schedule=schedule, tile_size=_automatic(tile_size),
-        tile_overlap=_automatic(tile_overlap), color_fix=color_fix, seed=_automatic(seed),
-        progress=_ProgressBar(), cancel=_stop_if_interrupted)
+
+    def attempt() -> torch.Tensor:
+        model_management.load_models_gpu([flowsr_model.patcher], memory_required=_working_memory(flowsr_model),
+                                         force_full_load=True)
+        return flowsr_model.pipeline.upscale_tensor(
+            pixels, scale=scale, steps=steps, schedule=schedule, tile_size=_automatic(tile_size),
+            tile_overlap=_automatic(tile_overlap), color_fix=color_fix, seed=_automatic(seed),
+            progress=_ProgressBar(), cancel=_stop_if_interrupted)
+
+    try:
+        output = attempt()
+    except flowsr.FlowSRError as error:
+        if not _out_of_memory(error):
+            raise
+        # flowsr already shrank its tiles to the smallest; what is left is the room other models take
+        logger.warning("FlowSR: out of memory with the smallest tiles; unloading ComfyUI's models, trying again")
+        model_management.unload_all_models()
+        model_management.soft_empty_cache()
+        try:
+            output = attempt()
+        except flowsr.FlowSRError as error:
+            if not _out_of_memory(error):
+                raise
+            # ComfyUI's own out-of-memory handling: its advice to the user, and every model unloaded
+            raise model_management.OOM_EXCEPTION(str(error)) from error
     return output.movedim(1, -1).float().cpu().contiguous()
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """flowsr's 'out of memory even with the smallest tiles' error: it was raised handling an OOM."""
+    cause = error.__cause__ or error.__context__
+    return cause is not None and is_out_of_memory(cause)
 
 
 def _automatic(value: int) -> Optional[int]:

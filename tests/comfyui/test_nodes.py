@@ -156,14 +156,33 @@ def test_out_of_memory_backs_off_to_smaller_tiles(run, model, make_image, monkey
     assert sizes[0] == 32 and sizes[-1] == 16
 
 
-def test_out_of_memory_with_the_smallest_tiles_is_a_clear_error(run, model, make_image, monkeypatch, flowsr):
+def test_out_of_memory_at_the_smallest_tiles_unloads_other_models_and_tries_again(
+        run, model, make_image, monkeypatch):
+    import comfy.model_management as mm
+
+    network = model.pipeline.model.velocity
+    other_models_loaded = [True]
+    monkeypatch.setattr(mm, "unload_all_models", lambda: other_models_loaded.clear())
+
+    def velocity(x_t, t):
+        if other_models_loaded:
+            raise mm.OOM_EXCEPTION("CUDA out of memory")
+        return network(x_t, t)
+
+    monkeypatch.setattr(model.pipeline.model, "velocity", velocity)
+    out = run("FlowSRUpscale", flowsr_model=model, image=make_image(height=32, width=32), **UPSCALE_DEFAULTS)
+    assert out.shape == (1, 64, 64, 3) and not other_models_loaded
+
+
+def test_out_of_memory_even_then_goes_to_comfyuis_out_of_memory_handling(run, model, make_image, monkeypatch):
     import comfy.model_management as mm
 
     def velocity(x_t, t):
         raise mm.OOM_EXCEPTION("CUDA out of memory")
 
     monkeypatch.setattr(model.pipeline.model, "velocity", velocity)
-    with pytest.raises(flowsr.FlowSRError, match="out of memory even with the smallest tiles"):
+    # ComfyUI tells the user they ran out of GPU memory and unloads every model for this exception type
+    with pytest.raises(mm.OOM_EXCEPTION, match="out of memory even with the smallest tiles"):
         run("FlowSRUpscale", flowsr_model=model, image=make_image(height=32, width=32), **UPSCALE_DEFAULTS)
 
 
@@ -240,3 +259,26 @@ def test_v1_nodes_give_the_same_result(pack_loader, run, model, make_image, tiny
     image = make_image(height=16, width=16)
     torch.testing.assert_close(call("FlowSRUpscale", flowsr_model=v1_model, image=image, **UPSCALE_DEFAULTS),
                                run("FlowSRUpscale", flowsr_model=model, image=image, **UPSCALE_DEFAULTS))
+
+
+def test_a_base_model_from_models_checkpoints_reaches_flowsr_as_that_file(
+        run, comfy_home, tiny_model_file, monkeypatch, pack):
+    import folder_paths
+
+    shared = comfy_home / "shared_checkpoints"  # a checkpoints path added by extra_model_paths.yaml
+    shared.mkdir()
+    (shared / "v2-1_512-ema-pruned.safetensors").write_bytes(b"")
+    folder_paths.add_model_folder_path("checkpoints", str(shared))
+    pipeline = pack.flowsr.FlowSRPipeline.from_pretrained(str(tiny_model_file), device="cpu")
+    calls = []
+
+    def from_pretrained(checkpoint=None, base_model=None, **options):
+        calls.append((checkpoint, base_model, options))
+        return pipeline
+
+    monkeypatch.setattr(pack.flowsr.FlowSRPipeline, "from_pretrained", from_pretrained)
+    model = run("FlowSRLoader", flowsr_weights=tiny_model_file.name, base_model="v2-1_512-ema-pruned.safetensors",
+                dtype="fp16")
+    assert calls == [(str(tiny_model_file), str(shared / "v2-1_512-ema-pruned.safetensors"),
+                      {"device": torch.device("cpu"), "dtype": torch.float16})]
+    assert model.pipeline is pipeline
