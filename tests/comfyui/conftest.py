@@ -154,6 +154,12 @@ def load_module(path: Path, name: str) -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def repo_root_module_loader():
+    """``load(relative_path)``: a script of the repository imported as a module."""
+    return lambda relative: load_module(REPO_ROOT / relative, Path(relative).stem)
+
+
+@pytest.fixture(scope="session")
 def workflow_tools() -> ModuleType:
     """tests/host/comfyui_workflows.py, the checker shared with the real-host driver."""
     return load_module(REPO_ROOT / "tests" / "host" / "comfyui_workflows.py", "comfyui_workflows")

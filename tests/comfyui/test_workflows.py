@@ -52,3 +52,23 @@ def test_the_checker_catches_what_comfyui_would_refuse(workflow_tools, object_in
     del prompt[next(k for k, v in prompt.items() if v["class_type"] == "FlowSRUpscale")]["inputs"]["image"]
     problems = "\n".join(workflow_tools.check_api_prompt(prompt, object_info))
     assert "'fp64' is not one of" in problems and "required input 'image' is missing" in problems
+
+
+def test_the_real_host_driver_knows_what_size_each_workflow_saves(repo_root_module_loader):
+    driver = repo_root_module_loader("tests/host/comfyui_driver.py")
+    saved = {path.stem: driver.expected_sizes(json.loads((WORKFLOWS / "api" / path.name).read_text()), (100, 80))
+             for path in UI_FILES}
+    assert saved["flowsr_upscale"]["4"] == (400, 320)
+    assert saved["flowsr_large_image_tiled"]["4"] == (200, 160)
+    assert saved["flowsr_one_step_vs_refine"]["6"] == (400, 2 * 320 + 8)  # side by side, 8 px apart
+
+
+def test_the_drivers_wrong_file_is_safetensors_without_flowsr_weights(repo_root_module_loader, tmp_path, pack):
+    driver = repo_root_module_loader("tests/host/comfyui_driver.py")
+    path = tmp_path / "not_flowsr.safetensors"
+    driver.write_foreign_safetensors(path)
+    from safetensors.torch import load_file
+
+    assert load_file(str(path))["weight"].tolist() == [0.0, 0.0]
+    with pytest.raises(pack.flowsr.CheckpointError, match="not FlowSR weights"):
+        pack.flowsr.FlowSRPipeline.from_pretrained(str(path), device="cpu")

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -92,11 +93,6 @@ class Server:
 
     def queue(self, prompt: dict) -> tuple[int, Any]:
         return self.request("POST", "/prompt", {"prompt": prompt, "client_id": self.client_id})
-
-    def free_memory(self) -> None:
-        """Ask ComfyUI to unload its models and drop cached node outputs (the frontend's 'Free memory')."""
-        self.request("POST", "/free", {"unload_models": True, "free_memory": True})
-        time.sleep(2)  # the prompt worker acts on it between prompts
 
     def wait_history(self, prompt_id: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -263,12 +259,11 @@ def prepare_input(comfyui: Path, side: int) -> tuple[str, tuple[int, int]]:
     """example.png (shipped with ComfyUI) shrunk to ``side`` pixels, so the CPU run stays short; 0: as is."""
     from PIL import Image
 
-    example = comfyui / "input" / "example.png"
-    if side <= 0:
-        return "example.png", png_size(example)
-    with Image.open(example) as image:
-        image.convert("RGB").resize((side, side), Image.LANCZOS).save(comfyui / "input" / INPUT_NAME)
-    return INPUT_NAME, (side, side)
+    with Image.open(comfyui / "input" / "example.png") as image:
+        if side > 0:
+            image = image.convert("RGB").resize((side, side), Image.LANCZOS)
+        image.save(comfyui / "input" / INPUT_NAME)
+    return INPUT_NAME, png_size(comfyui / "input" / INPUT_NAME)
 
 
 def run_workflows(server: Server, comfyui: Path, workflows: list[Path], object_info: dict, input_name: str,
@@ -284,10 +279,12 @@ def run_workflows(server: Server, comfyui: Path, workflows: list[Path], object_i
                      prompt == checker.ui_to_api(ui, object_info))
         report.check(f"{path.stem}: API twin valid for this ComfyUI",
                      not (problems := checker.check_api_prompt(prompt, object_info)), problems)
+        # a file of its own per workflow, so that ComfyUI reuses no cached result of an earlier workflow
+        own_input = f"{Path(INPUT_NAME).stem}_{path.stem}.png"
+        shutil.copyfile(comfyui / "input" / input_name, comfyui / "input" / own_input)
         for node in prompt.values():
             if node["class_type"] == "LoadImage":
-                node["inputs"]["image"] = input_name
-        server.free_memory()  # each workflow from scratch: no cached node results, models loaded anew
+                node["inputs"]["image"] = own_input
         started = time.monotonic()
         status, answer = server.queue(prompt)
         if not report.check(f"{path.stem}: queued", status == 200, "" if status == 200 else answer):
