@@ -128,13 +128,12 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsFile:
         raw_header = f.read(header_size)
     try:
         header = json.loads(raw_header.decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as error:
-        raise CheckpointError(f"{path} has a corrupt safetensors header ({error}); download it again") from None
-    metadata = header.pop("__metadata__", None) or {}
+        metadata = header.pop("__metadata__", None) or {}
+        needed = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
+    except (UnicodeDecodeError, ValueError, AttributeError, TypeError, KeyError, IndexError) as error:
+        raise CheckpointError(f"{path} has a corrupt safetensors header ({type(error).__name__}: {error}); "
+                              "download it again") from None
     data_size = size - 8 - header_size
-    needed = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
     if needed > data_size:
         raise CheckpointError(f"{path} is truncated: its header describes {needed + 8 + header_size} bytes "
                               f"but the file has {size}; the download was cut short: download it again")

@@ -184,6 +184,8 @@ def write_raw(path, tensors, fields, names, metadata_key=ckpt.METADATA_KEY):
     (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n", "git-lfs pointer"),
     (bytes(range(256)) * 4, "not a safetensors file"),
     ((20).to_bytes(8, "little") + b"{not json at all!!!}", "corrupt safetensors header"),
+    ((6).to_bytes(8, "little") + b"[1, 2]", "corrupt safetensors header"),
+    ((24).to_bytes(8, "little") + b'{"a": {"dtype": "F32"}}\n', "corrupt safetensors header"),
 ])
 def test_unreadable_files_say_what_they_are(tmp_path, content, message):
     path = tmp_path / "bad.safetensors"
