@@ -2,7 +2,8 @@
 
 ComfyUI imports this folder as a package and reads ``NODE_CLASS_MAPPINGS`` before ``comfy_entrypoint``, so
 exactly one is defined: the V3 extension where ``comfy_api.latest`` exists, the V1 mappings on older
-ComfyUI. Imported anywhere else (pytest collecting the repository root, an editor) it registers nothing.
+ComfyUI. Imported anywhere else (pytest collecting the repository root, an editor) it registers nothing:
+without ComfyUI's ``folder_paths``, or not as a package, as pytest does from a folder named like ``a.b``.
 """
 import importlib.util
 
@@ -14,7 +15,7 @@ def _importable(name: str) -> bool:
         return False
 
 
-if _importable("folder_paths"):
+if __package__ and _importable("folder_paths"):
     from .nodes import host
 
     host.register_model_folder()

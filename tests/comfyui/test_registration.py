@@ -73,6 +73,18 @@ def test_outside_comfyui_the_package_registers_nothing(pack_loader):
     assert not hasattr(module, "nodes")  # nothing of the pack was imported
 
 
+def test_imported_as_a_plain_module_the_package_registers_nothing(pack):
+    # pytest does so when the checkout's folder name has a dot in it, with ComfyUI's stand-ins around
+    import importlib.util
+    from pathlib import Path
+
+    root_init = Path(__file__).resolve().parents[2] / "__init__.py"
+    spec = importlib.util.spec_from_file_location("a_b", root_init, submodule_search_locations=None)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert not hasattr(module, "comfy_entrypoint") and not hasattr(module, "NODE_CLASS_MAPPINGS")
+
+
 def test_models_flowsr_is_registered_after_extra_model_paths(tmp_path, pack):
     import folder_paths
 
