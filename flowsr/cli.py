@@ -118,10 +118,11 @@ def run_upscale(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from .checkpoint import describe
+    from .checkpoint import check
 
-    print(describe(args.file))
-    return EXIT_OK
+    report = check(args.file)
+    print(report.text)
+    return EXIT_OK if report.ok else EXIT_BAD_INPUT
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -61,3 +61,19 @@ def test_corrupt_checkpoint_exits_2(photos, tmp_path, capsys):
     bad.write_bytes(b"\x00" * 100)
     assert main(["upscale", str(photos / "a.png"), "-o", str(tmp_path / "o.png"), "--checkpoint", str(bad)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_check_exits_0_for_usable_files_and_2_otherwise(flowsr_lora_file, tiny_checkpoint, tmp_path, capsys):
+    assert main(["check", str(flowsr_lora_file)]) == 0
+    assert "rank" in capsys.readouterr().out.lower()
+    assert main(["check", str(tiny_checkpoint)]) == 0
+    from safetensors.torch import save_file
+    import torch
+
+    base = tmp_path / "v2-1_512-ema-pruned.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}, str(base))
+    assert main(["check", str(base)]) == 2
+    assert "--base-model" in capsys.readouterr().out
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10")
+    assert main(["check", str(broken)]) == 2
