@@ -68,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "stage2": {
         "teacher": None,              # the stage-1 export; defaults to model.init
-        "ema_decay": 0.999,           # target theta_minus = EMA of the student
+        "ema_decay": 0.99,            # target theta_minus = EMA of the student
         "n_fast": 4,
         "n_slow": 1000,
         # Probability of each way of drawing the pair t < t' (train.timesteps):
@@ -113,7 +113,7 @@ def _check_and_merge(base: dict, update: dict, where: str) -> dict:
         path = f"{where}{key}"
         if base and key not in base:
             hint = difflib.get_close_matches(str(key), [str(k) for k in base], n=1)
-            raise ConfigError(f"unknown config key {path!r}" + (f"; did you mean {where}{hint[0]!r}?" if hint else ""))
+            raise ConfigError(f"unknown config key {path!r}" + (f"; did you mean {where + hint[0]!r}?" if hint else ""))
         if isinstance(base.get(key), dict) and base[key] and isinstance(value, dict):
             merged[key] = _check_and_merge(base[key], value, path + ".")
         else:

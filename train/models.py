@@ -116,9 +116,13 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 
 def cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:
-    """Store frozen weights in ``dtype`` (half the memory); trainable ones stay fp32 for the optimizer."""
-    for parameter in module.parameters():
-        if not parameter.requires_grad and parameter.is_floating_point():
+    """Store frozen base weights in ``dtype`` (half the memory).
+
+    Trainable weights stay fp32 for the optimiser, and so do frozen LoRA weights (stage 2's encoder
+    adapter): they are exported, and rounding them would change the file.
+    """
+    for name, parameter in module.named_parameters():
+        if not parameter.requires_grad and parameter.is_floating_point() and ".lora_" not in name:
             parameter.data = parameter.data.to(dtype)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections import defaultdict
@@ -83,8 +84,10 @@ def train(config: dict, base_components=None) -> Path:
     from tqdm.auto import tqdm
 
     run = config["train"]
+    # Several processes and no CUDA: accelerate runs them on the CPU (gloo) only when told to use the CPU.
+    cpu = run["cpu"] or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
     accelerator = Accelerator(gradient_accumulation_steps=run["gradient_accumulation_steps"],
-                              mixed_precision=run["mixed_precision"], cpu=run["cpu"])
+                              mixed_precision=run["mixed_precision"], cpu=cpu)
     output_dir = Path(config["output_dir"])
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
