@@ -430,6 +430,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         server.wait_ready()
         summary["comfyui_version"] = server.get("/system_stats")["system"].get("comfyui_version")
         object_info = check_import(server, pack, report)
+        weights_input = object_info["FlowSRLoader"]["input"]["required"]["flowsr_weights"]
+        summary["node_api"] = "V3 (comfy_entrypoint)" if weights_input[0] == "COMBO" else "V1 (NODE_CLASS_MAPPINGS)"
         check_core_nodes(object_info, report)
         check_templates(server, pack, workflows, report)
         input_name, input_size = prepare_input(comfyui, args.input_size)
@@ -447,7 +449,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary["checks"] = report.checks
     summary["passed"] = report.ok
     (args.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = [f"ComfyUI {summary.get('comfyui_version')} at {summary['comfyui_commit']}", ""]
+    lines = [f"ComfyUI {summary.get('comfyui_version')} at {summary['comfyui_commit']}, nodes through "
+             f"{summary.get('node_api')}", ""]
     lines += [f"- {w['workflow']}: {w['seconds']} s, " + ", ".join(
         f"{o['file']} {o['height_width'][1]}x{o['height_width'][0]}" for o in w["outputs"])
         for w in summary.get("workflows", [])]
