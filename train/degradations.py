@@ -235,3 +235,40 @@ def realesrgan_degrade(hr: torch.Tensor, scale: int, g: torch.Generator,
     if not jpeg_first:
         image = jpeg(image, quality)
     return image.clamp(0, 1)
+
+
+def degrade_folder(hr_dir: str, out_dir: str, scale: int = 4, seed: int = 0) -> list[str]:
+    """Write a Real-ESRGAN-degraded LR version of every image in ``hr_dir`` (a fixed test set: seeded per file).
+
+    Images are cropped to a multiple of ``scale`` first (the top-left part), so LR x scale = HR exactly.
+    """
+    from pathlib import Path
+
+    from .data import list_images, read_image, sample_seed, to_uint8
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, path in enumerate(list_images(hr_dir)):
+        hr = read_image(path)
+        hr = hr[:, :hr.shape[1] // scale * scale, :hr.shape[2] // scale * scale]
+        g = torch.Generator().manual_seed(sample_seed(seed, 0, index))
+        lr = to_uint8(realesrgan_degrade(hr.float() / 255.0, scale, g))
+        target = out / (path.stem + ".png")
+        Image.fromarray(lr.permute(1, 2, 0).numpy()).save(target)
+        written.append(str(target))
+    return written
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m train.degradations",
+                                     description="Real-ESRGAN-degraded LR images of a folder of HR images.")
+    parser.add_argument("hr_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for name in degrade_folder(args.hr_dir, args.out_dir, args.scale, args.seed):
+        print(name)

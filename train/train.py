@@ -234,7 +234,7 @@ def train(config: dict, base_components=None) -> Path:
             if parts is not None:
                 parts.ema.update()
             progress.update(1)
-            if state.step % config["log"]["every"] == 0 or state.step == run["max_steps"]:
+            if (config["log"]["every"] and state.step % config["log"]["every"] == 0) or state.step == run["max_steps"]:
                 means = {k: accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean").item()
                          for k, v in sorted(averages.pop().items())}
                 now = time.time()

@@ -114,3 +114,17 @@ def test_degradation_overrides_are_checked():
     assert config.first.blur.sigma == RealESRGANConfig().first.blur.sigma
     with pytest.raises(ValueError, match="unknown degradation option data.realesrgan.second.blurr"):
         RealESRGANConfig.from_dict({"second": {"blurr": 1}})
+
+
+def test_degrade_folder_writes_a_reproducible_lr_set(photos, tmp_path):
+    from train.degradations import degrade_folder
+
+    hr_dir = tmp_path / "hr"
+    hr_dir.mkdir()
+    for name in ("photo0.png", "photo1.png"):
+        (hr_dir / name).write_bytes((photos / name).read_bytes())
+    first = degrade_folder(str(hr_dir), str(tmp_path / "a"), scale=4, seed=0)
+    degrade_folder(str(hr_dir), str(tmp_path / "b"), scale=4, seed=0)
+    assert [Image.open(p).size for p in first] == [(20, 18), (20, 20)]
+    for name in ("photo0.png", "photo1.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
