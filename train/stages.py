@@ -111,6 +111,13 @@ class EMA:
         for ema, live in self._pairs:
             ema.lerp_(live.detach().to(ema.dtype), 1.0 - self.decay)
 
+    def cast_untracked(self, dtype: torch.dtype) -> None:
+        """Store the weights the EMA never changes (a LoRA model's base) in ``dtype``; the averages stay fp32."""
+        tracked = set(self.names)
+        for name, parameter in self.network.named_parameters():
+            if name not in tracked and parameter.is_floating_point():
+                parameter.data = parameter.data.to(dtype)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: ema for name, (ema, _) in zip(self.names, self._pairs)}
 

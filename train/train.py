@@ -123,6 +123,7 @@ def train(config: dict, base_components=None) -> Path:
         cast_frozen(model, half)
         if parts is not None:
             parts.teacher.denoiser.to(half)
+            parts.ema.cast_untracked(half)
     params = trainable_parameters(model)
     logger.info("training %.2f M parameters of %.2f M", sum(p.numel() for p in params) / 1e6,
                 sum(p.numel() for p in model.parameters()) / 1e6)
