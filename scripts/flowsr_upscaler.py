@@ -23,7 +23,7 @@ from flowsr.checkpoint import FLOWSR_LORA, read_safetensors_header  # noqa: E402
 from flowsr.color import COLOR_FIXES  # noqa: E402
 from flowsr.flow import SCHEDULES  # noqa: E402
 from flowsr.pipeline import MAX_SCALE, MIN_SCALE  # noqa: E402
-from modules import devices, paths, script_callbacks, shared  # noqa: E402
+from modules import devices, paths, shared  # noqa: E402
 from modules.upscaler import Upscaler, UpscalerData  # noqa: E402
 
 #: ``UpscalerData.data_path`` of the built-in model's entry; other entries hold a weights file, or None for
@@ -72,7 +72,9 @@ def setting(key: str) -> Any:
     return getattr(shared.opts, key, SETTINGS[key].default)
 
 
-def on_ui_settings() -> None:
+def register_settings() -> None:
+    """Add the settings when the script loads, not in an on_ui_settings callback: that one never runs with
+    --nowebui, and then /sdapi/v1/options could not set them."""
     import gradio as gr
 
     options = {}
@@ -246,4 +248,4 @@ class UpscalerFlowSR(Upscaler):
                 color_fix=setting("flowsr_color_fix"), progress=progress, cancel=interrupted)
 
 
-script_callbacks.on_ui_settings(on_ui_settings)
+register_settings()

@@ -18,7 +18,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 STANDINS = Path(__file__).resolve().parent / "standins"
 HOST_MODULES = ("modules", "launch")
-#: The gradio components a settings page may use; the settings callback only passes the classes on.
+#: The gradio components a setting may name; registering a setting only passes the class on.
 GRADIO_COMPONENTS = ("Slider", "Radio", "Dropdown", "Textbox", "Checkbox", "Number")
 #: A small TinyFlowSR (the built-in architecture, narrower): a fast real model for the end-to-end tests.
 SMALL_CONFIG = {"latent_factor": 4, "unet": {"block_out_channels": [16, 16], "down_block_types": ["DownBlock2D"] * 2,
@@ -50,29 +50,24 @@ def _forget_host_modules() -> None:
 
 @pytest.fixture
 def start_a1111(tmp_path, monkeypatch):
-    """``start_a1111(*argv, settings_page=False)``: an A1111 with the extension loaded and its upscalers listed.
-
-    ``settings_page`` runs the ui_settings callbacks, as the web UI does (``--nowebui`` does not).
-    """
+    """``start_a1111(*argv)``: an A1111 started with ``argv``, the extension loaded and the upscalers listed."""
     models = tmp_path / "models"
     models.mkdir()
     monkeypatch.syspath_prepend(str(STANDINS))
     _forget_host_modules()
 
-    def start(*argv: str, settings_page: bool = False) -> SimpleNamespace:
-        from modules import cmd_args, devices, modelloader, paths, paths_internal, script_callbacks, shared
+    def start(*argv: str) -> SimpleNamespace:
+        from modules import cmd_args, devices, modelloader, paths, paths_internal, shared
 
         for module in (paths_internal, paths, shared):
             module.models_path = str(models)
         load_file(REPO / "preload.py", "preload.py").preload(cmd_args.parser)
         shared.cmd_opts = cmd_args.parser.parse_args(list(argv))
+        gradio = SimpleNamespace(**{name: type(name, (), {}) for name in GRADIO_COMPONENTS})
+        monkeypatch.setitem(sys.modules, "gradio", gradio)  # A1111 always has it: modules.shared imports it
         with monkeypatch.context() as during_load:  # A1111 puts the extension on sys.path while loading
             during_load.syspath_prepend(str(REPO))
             script = load_file(REPO / "scripts" / "flowsr_upscaler.py", "flowsr_upscaler.py")
-        gradio = SimpleNamespace(**{name: type(name, (), {}) for name in GRADIO_COMPONENTS})
-        if settings_page:
-            monkeypatch.setitem(sys.modules, "gradio", gradio)
-            script_callbacks.ui_settings_callback()
         modelloader.load_upscalers()
         return SimpleNamespace(shared=shared, devices=devices, script=script, models=models, gradio=gradio,
                                upscalers={u.name: u for u in shared.sd_upscalers})

@@ -189,7 +189,7 @@ def test_public_weights_on_a_configured_base_model(start_a1111, flowsr_lora_file
     """The whole public path: LoRA file in models/FlowSR, base model from the setting (a diffusers folder)."""
     (tmp_path / "models" / "FlowSR").mkdir(parents=True)
     (tmp_path / "models" / "FlowSR" / "flowsr.safetensors").write_bytes(flowsr_lora_file.read_bytes())
-    a1111 = start_a1111("--use-cpu", "all", settings_page=True)
+    a1111 = start_a1111("--use-cpu", "all")
     a1111.shared.opts.flowsr_base_model = str(tiny_sd_folder)
     upscaler = a1111.upscalers["FlowSR 2x"]
     image = picture(16, 16)
@@ -214,20 +214,9 @@ def test_base_model_found_by_name_in_stable_diffusion_folder(start_a1111, flowsr
 # ----------------------------------------------------------------------------------- settings
 
 
-def test_settings_read_with_defaults_in_api_only_mode(start_a1111, builtin_small, record_passes):
-    a1111 = start_a1111("--use-cpu", "all")  # --nowebui: the settings page never registers the options
-    assert not any(key.startswith("flowsr_") for key in a1111.shared.opts.data_labels)
-    for key, spec in a1111.script.SETTINGS.items():
-        assert a1111.script.setting(key) == spec.default
-    upscaler = a1111.upscalers[BUILTIN_ENTRY]
-    upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
-    (run,) = record_passes
-    assert (run.steps, run.schedule, run.color_fix, run.tile_size, run.tile_overlap) == (1, "uniform", "wavelet",
-                                                                                       None, None)
-
-
-def test_settings_page_registers_the_options_in_the_upscaling_section(start_a1111):
-    a1111 = start_a1111(settings_page=True)
+def test_settings_are_registered_in_the_upscaling_section_even_with_nowebui(start_a1111):
+    """Registered at load time, so /sdapi/v1/options can set them in API-only mode too."""
+    a1111 = start_a1111("--use-cpu", "all")
     labels = a1111.shared.opts.data_labels
     for key, spec in a1111.script.SETTINGS.items():
         info = labels[key]
@@ -236,6 +225,18 @@ def test_settings_page_registers_the_options_in_the_upscaling_section(start_a111
         assert info.component is getattr(a1111.gradio, spec.component)
         assert getattr(a1111.shared.opts, key) == spec.default
     assert set(labels["flowsr_color_fix"].component_args["choices"]) == {"wavelet", "adain", "none"}
+
+
+def test_settings_fall_back_to_their_defaults_where_the_host_lacks_them(start_a1111, builtin_small, record_passes):
+    a1111 = start_a1111("--use-cpu", "all")
+    a1111.shared.opts = type(a1111.shared.opts)({})  # options of a host that never registered ours
+    for key, spec in a1111.script.SETTINGS.items():
+        assert a1111.script.setting(key) == spec.default
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
+    (run,) = record_passes
+    assert (run.steps, run.schedule, run.color_fix, run.tile_size, run.tile_overlap) == (1, "uniform", "wavelet",
+                                                                                       None, None)
 
 
 def test_changed_settings_reach_flowsr(start_a1111, builtin_small, record_passes):
@@ -318,6 +319,8 @@ def test_flowsr_imports_when_the_host_does_not_put_the_extension_on_sys_path(tmp
 import importlib.util, sys
 sys.path[:] = [p for p in sys.path if p not in ('', {str(REPO)!r})]
 sys.path.insert(0, {str(STANDINS)!r})
+from types import SimpleNamespace
+sys.modules["gradio"] = SimpleNamespace(Slider=object, Radio=object, Textbox=object, Checkbox=object)
 from modules import modelloader, paths, shared  # A1111 imports modelloader (and so upscaler) first
 paths.models_path = shared.models_path = {str(tmp_path)!r}
 spec = importlib.util.spec_from_file_location("flowsr_upscaler.py", {str(REPO / "scripts" / "flowsr_upscaler.py")!r})

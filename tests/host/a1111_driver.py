@@ -1,0 +1,314 @@
+"""Runs the FlowSR extension in a real AUTOMATIC1111 (or Forge): install, start headless, upscale, interrupt.
+
+    python tests/host/a1111_driver.py --a1111 /path/to/stable-diffusion-webui --python /path/to/its/venv/bin/python
+
+Any Python runs this script (standard library only); ``--python`` is the web UI's own. The driver links this
+repository into ``extensions/`` (unless an entry there already points to it), runs ``install.py`` the way
+A1111's launcher does (twice: the second run must change nothing), starts ``launch.py --api --nowebui
+--skip-prepare-environment --skip-torch-cuda-test --use-cpu all --no-download-sd-model
+--skip-load-model-at-start --no-half`` on 127.0.0.1, and checks:
+
+- the extension's script and preload loaded (no error for them in the log) and ``GET /sdapi/v1/upscalers``
+  lists "FlowSR 4x", "FlowSR 2x" and the built-in model's entry;
+- the FlowSR settings exist in API-only mode (``GET/POST /sdapi/v1/options``);
+- without ``flowsr.safetensors`` in models/FlowSR, "FlowSR 4x" fails with a message naming that folder;
+- ``POST /sdapi/v1/extra-single-image`` at scales 2, 4 and 3 returns A1111's target size, and the pixels are
+  exactly those of ``python -m flowsr upscale`` at the same scale (one FlowSR pass, no second one), not a
+  plain Lanczos resize;
+- ``POST /sdapi/v1/interrupt`` during a many-tile upscale stops it within a few tiles, A1111 answers with its
+  own resize, and the next request works again.
+
+Results go to ``--out`` (report.json, report.md, the server log, the images). Exit status 0 when all passed.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXTENSION_FOLDER = "flowsr"
+BUILTIN_ENTRY = "FlowSR tiny (built-in) 4x"
+SERVER_FLAGS = ["--api", "--nowebui", "--skip-prepare-environment", "--skip-torch-cuda-test", "--use-cpu", "all",
+                "--no-download-sd-model", "--skip-load-model-at-start", "--no-half"]
+SCALES = (2, 4, 3)
+
+
+# ------------------------------------------------------------------------------------ PNG, stdlib only
+
+def png_bytes(width: int, height: int, pixel: Callable[[int, int], tuple[int, int, int]]) -> bytes:
+    rows = b"".join(b"\x00" + bytes(c for x in range(width) for c in pixel(x, y)) for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_picture(width: int, height: int) -> bytes:
+    """Gradients, a checkerboard and a ring: edges and flat areas for an upscaler to work on."""
+    def pixel(x: int, y: int) -> tuple[int, int, int]:
+        ring = abs(((x - width / 2) ** 2 + (y - height / 2) ** 2) ** 0.5 - min(width, height) / 3) < 2
+        checker = ((x // 6) + (y // 6)) % 2
+        return (255 if ring else x * 255 // width, y * 255 // height, 200 * checker + 30)
+    return png_bytes(width, height, pixel)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def png_pixels(python: str, data: bytes) -> bytes:
+    """Decoded RGB bytes, via Pillow in the web UI's Python (the PNG encoders differ, the pixels must not)."""
+    code = "import sys, io; from PIL import Image; sys.stdout.buffer.write(Image.open(io.BytesIO(sys.stdin.buffer.read())).convert('RGB').tobytes())"
+    return subprocess.run([python, "-c", code], input=data, capture_output=True, check=True).stdout
+
+
+# --------------------------------------------------------------------------------------------- server
+
+class Server:
+    """An A1111 process of our own on 127.0.0.1 and the API calls the checks need."""
+
+    def __init__(self, a1111: Path, python: str, port: int, log: Path):
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        command = [python, "launch.py", *SERVER_FLAGS, "--server-name", "127.0.0.1", "--port", str(port)]
+        self.process = subprocess.Popen(command, cwd=a1111, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def call(self, method: str, path: str, body: Optional[dict] = None, timeout: float = 900) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            text = error.read().decode(errors="replace")
+            try:
+                return error.code, json.loads(text)
+            except ValueError:
+                return error.code, text
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"A1111 exited with {self.process.returncode}; see {self.log}")
+            try:
+                if self.call("GET", "/sdapi/v1/upscalers", timeout=5)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(2)
+        raise RuntimeError(f"A1111 did not answer within {timeout:.0f} s; see {self.log}")
+
+    def upscale(self, image: bytes, scale: float, upscaler: str) -> tuple[int, Any, float]:
+        started = time.time()
+        status, reply = self.call("POST", "/sdapi/v1/extra-single-image", {
+            "image": base64.b64encode(image).decode(), "resize_mode": 0, "upscaling_resize": scale,
+            "upscaler_1": upscaler})
+        if status == 200:
+            reply = base64.b64decode(reply["image"])
+        return status, reply, time.time() - started
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+class Report:
+    def __init__(self, out: Path):
+        self.out, self.checks, self.facts = out, [], {}
+
+    def check(self, name: str, ok: bool, detail: Any = "") -> bool:
+        self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
+        print(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}", flush=True)
+        return bool(ok)
+
+    def write(self) -> int:
+        failed = sum(not c["ok"] for c in self.checks)
+        (self.out / "report.json").write_text(json.dumps({"facts": self.facts, "checks": self.checks}, indent=2))
+        lines = ["# FlowSR in AUTOMATIC1111", ""] + [f"- {k}: {v}" for k, v in self.facts.items()] + [""]
+        lines += [f"- {'PASS' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in self.checks]
+        lines += ["", f"{len(self.checks) - failed} passed, {failed} failed"]
+        (self.out / "report.md").write_text("\n".join(lines) + "\n")
+        print(lines[-1])
+        return 1 if failed else 0
+
+
+def link_extension(a1111: Path) -> Path:
+    for entry in (a1111 / "extensions").iterdir():
+        if entry.resolve() == REPO_ROOT:
+            return entry
+    link = a1111 / "extensions" / EXTENSION_FOLDER
+    if link.exists() or link.is_symlink():
+        raise RuntimeError(f"{link} exists and is not this repository; move it away or link this one yourself")
+    link.symlink_to(REPO_ROOT, target_is_directory=True)
+    return link
+
+
+def run_installer(a1111: Path, python: str, extension: Path) -> subprocess.CompletedProcess:
+    """As launch_utils.run_extension_installer: the web UI's folder on PYTHONPATH, from the web UI's folder."""
+    env = {**os.environ, "PYTHONPATH": f"{a1111}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([python, str(extension / "install.py")], cwd=a1111, env=env, capture_output=True,
+                          text=True, timeout=1800)
+
+
+def flowsr_cli(python: str, image: Path, output: Path, scale: float, checkpoint: Optional[str]) -> None:
+    command = [python, "-m", "flowsr", "upscale", str(image), "-o", str(output), "--scale", str(scale),
+               "--device", "cpu", "--dtype", "fp32"] + (["--checkpoint", checkpoint] if checkpoint else [])
+    subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, timeout=1800)
+
+
+def a1111_target(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    return int(size[0] * scale // 8 * 8), int(size[1] * scale // 8 * 8)
+
+
+def check_scales(report: Report, server: Server, python: str, upscaler: str, checkpoint: Optional[str]) -> None:
+    image = test_picture(64, 48)
+    (report.out / "input.png").write_bytes(image)
+    for scale in SCALES:
+        status, reply, seconds = server.upscale(image, scale, upscaler)
+        if not report.check(f"extra-single-image x{scale} answered", status == 200, reply if status != 200 else ""):
+            continue
+        (report.out / f"flowsr_x{scale}.png").write_bytes(reply)
+        target = a1111_target((64, 48), scale)
+        report.check(f"x{scale} size is A1111's target {target}", png_size(reply) == target,
+                     f"{png_size(reply)} in {seconds:.1f} s")
+        expected = report.out / f"cli_x{scale}.png"
+        flowsr_cli(python, report.out / "input.png", expected, scale, checkpoint)
+        same = png_pixels(python, reply) == png_pixels(python, expected.read_bytes())
+        report.check(f"x{scale} equals one `python -m flowsr upscale --scale {scale}` pass", same)
+        _, lanczos, _ = server.upscale(image, scale, "Lanczos")
+        report.check(f"x{scale} is not a plain Lanczos resize", png_pixels(python, reply) != png_pixels(python, lanczos))
+
+
+def check_interrupt(report: Report, server: Server, upscaler: str) -> None:
+    """Small tiles make hundreds of network calls; interrupt after the third and time the answer."""
+    server.call("POST", "/sdapi/v1/options", {"flowsr_tile_size": 16})
+    image = test_picture(128, 128)
+    last_job = server.call("GET", "/sdapi/v1/progress?skip_current_image=true")[1]["state"]["job_timestamp"]
+    time.sleep(1.1)  # job timestamps have whole seconds
+    answer: dict = {}
+    worker = threading.Thread(target=lambda: answer.update(zip(("status", "image", "seconds"),
+                                                               server.upscale(image, 4, upscaler))))
+    worker.start()
+    seen = {}
+    while worker.is_alive():
+        _, progress = server.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
+        seen = progress["state"]
+        if seen["job_timestamp"] != last_job and seen["sampling_step"] >= 3:  # this job's calls, not the last's
+            break
+        time.sleep(0.05)
+    interrupted_at = time.time()
+    server.call("POST", "/sdapi/v1/interrupt")
+    worker.join()
+    after = time.time() - interrupted_at
+    _, final = server.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
+    steps = f"interrupt at call {seen.get('sampling_step')}/{seen.get('sampling_steps')}, " \
+            f"stopped at {final['state']['sampling_step']}, answer {after:.1f} s after the interrupt"
+    report.check("interrupt: the request still answers", answer.get("status") == 200, answer.get("image")
+                 if answer.get("status") != 200 else "")
+    report.check("interrupt: FlowSR stopped between tiles",
+                 0 < seen.get("sampling_step", 0) and final["state"]["sampling_step"] < seen.get("sampling_steps", 0)
+                 and "FlowSR: interrupted" in server.log_text(), steps)
+    if answer.get("status") == 200:
+        (report.out / "interrupted_x4.png").write_bytes(answer["image"])
+        report.check("interrupt: A1111's resize to the target size", png_size(answer["image"]) == (512, 512),
+                     png_size(answer["image"]))
+    server.call("POST", "/sdapi/v1/options", {"flowsr_tile_size": 0})
+    status, reply, seconds = server.upscale(test_picture(32, 32), 2, upscaler)
+    report.check("after the interrupt the next request works", status == 200 and png_size(reply) == (64, 64),
+                 f"{seconds:.1f} s" if status == 200 else reply)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--a1111", type=Path, required=True, help="the stable-diffusion-webui folder")
+    parser.add_argument("--python", default=sys.executable, help="the web UI's Python (its venv)")
+    parser.add_argument("--out", type=Path, default=Path("a1111-report"))
+    parser.add_argument("--port", type=int, default=7861)
+    parser.add_argument("--upscaler", default=BUILTIN_ENTRY, help="the FlowSR entry to upscale with")
+    parser.add_argument("--checkpoint", help="the weights file of --upscaler, for the CLI comparison "
+                                             "(none for the built-in model)")
+    parser.add_argument("--a1111-version", help="what to report as the web UI's version (tag and commit)")
+    parser.add_argument("--startup-timeout", type=float, default=900)
+    args = parser.parse_args(argv)
+    a1111 = args.a1111.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = Report(args.out)
+    versions = subprocess.run([args.python, "-c", "import torch, sys; print(sys.version.split()[0], torch.__version__)"],
+                              capture_output=True, text=True).stdout.strip()
+    report.facts.update({"a1111": str(a1111), "python, torch": versions})
+    described = subprocess.run(["git", "-C", str(a1111), "describe", "--tags", "--always"], capture_output=True,
+                               text=True).stdout.strip()
+    report.facts["a1111 version"] = args.a1111_version or described or "(not a git checkout; pass --a1111-version)"
+
+    extension = link_extension(a1111)
+    report.facts["extension"] = f"{extension} -> {extension.resolve()}"
+    first = run_installer(a1111, args.python, extension)
+    report.check("install.py runs as at A1111's start", first.returncode == 0, (first.stdout + first.stderr)[-2000:])
+    packages = subprocess.run([args.python, "-c", "import diffusers, peft, transformers, accelerate, safetensors as s; "
+                               "print(diffusers.__version__, peft.__version__, transformers.__version__, "
+                               "accelerate.__version__, s.__version__)"], capture_output=True, text=True).stdout.split()
+    report.facts["diffusers peft transformers accelerate safetensors"] = " ".join(packages)
+    second = run_installer(a1111, args.python, extension)
+    report.check("install.py again: nothing to do, nothing printed", second.returncode == 0 and not second.stdout,
+                 second.stdout[-2000:])
+
+    server = Server(a1111, args.python, args.port, args.out / "a1111.log")
+    try:
+        server.wait_ready(args.startup_timeout)
+        log = server.log_text()
+        errors = [line for line in log.splitlines() if "Error loading script: flowsr_upscaler.py" in line
+                  or ("Error running preload()" in line and str(extension) in line)]
+        report.check("extension loaded without errors", not errors, errors)
+        _, upscalers = server.call("GET", "/sdapi/v1/upscalers")
+        names = [u["name"] for u in upscalers]
+        report.facts["FlowSR upscalers"] = [n for n in names if "FlowSR" in n]
+        report.check("GET /sdapi/v1/upscalers lists FlowSR",
+                     {"FlowSR 4x", "FlowSR 2x", BUILTIN_ENTRY, args.upscaler} <= set(names), names)
+        _, options = server.call("GET", "/sdapi/v1/options")
+        flowsr_options = {k: v for k, v in options.items() if k.startswith("flowsr_")}
+        report.check("settings exist in API-only mode", len(flowsr_options) >= 5, flowsr_options)
+
+        weights_folder = a1111 / "models" / "FlowSR"
+        if not (weights_folder / "flowsr.safetensors").exists():
+            status, reply, _ = server.upscale(test_picture(16, 16), 4, "FlowSR 4x")
+            report.check("missing weights: an error naming models/FlowSR",
+                         status != 200 and str(weights_folder) in json.dumps(reply), reply)
+        check_scales(report, server, args.python, args.upscaler, args.checkpoint)
+        check_interrupt(report, server, args.upscaler)
+    except Exception as error:  # a broken run is a failed check, with the log kept
+        report.check("driver ran to the end", False, repr(error))
+    finally:
+        server.stop()
+    return report.write()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
