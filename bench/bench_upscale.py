@@ -3,8 +3,8 @@
     python bench/bench_upscale.py --model sd-random --device cuda --input 512 --scale 4     # 512 -> 2048
     python bench/bench_upscale.py --model builtin --input 256 --scale 4                      # CPU, 256 -> 1024
 
-Each measurement runs in a fresh process so that peak memory (CUDA: max allocated; CPU: peak RSS) is its
-own. Models: ``sd-random`` (SD 2.1-base at full width, random weights: speed does not depend on values),
+On CUDA every measurement runs in this process (peak = max allocated since a reset); on the CPU each runs in
+a fresh process so that its peak RSS is its own. Models: ``sd-random`` (SD 2.1-base at full width, random weights: speed does not depend on values),
 ``builtin`` (the shipped small model), ``tiny-random`` (the small architecture, random weights).
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ def build_pipeline(model: str, device: str, dtype: str):
     dtype_ = resolve_dtype(dtype, device_)
     if model == "sd-random":
         from flowsr.models.sd import SDFlowSRModel
-        network = SDFlowSRModel.from_configs()
+        with device_:  # random init straight on the device: seconds instead of a minute on the CPU
+            network = SDFlowSRModel.from_configs()
     elif model == "tiny-random":
         from flowsr.models.tiny import TinyFlowSR
         network = TinyFlowSR()
@@ -56,10 +57,11 @@ def reference_style(pipe, image: torch.Tensor, scale: float, tile: int, overlap:
     return model.decode(flow.euler_step(z, v, 1.0, 0.0).to(model.dtype))
 
 
-def measure(args: argparse.Namespace) -> dict:
+def measure(args: argparse.Namespace, pipe=None) -> dict:
     """One configuration, in this process: seconds (best of ``--repeat`` after a warm-up) and peak memory."""
     torch.manual_seed(0)
-    pipe = build_pipeline(args.model, args.device, args.dtype)
+    if pipe is None:
+        pipe = build_pipeline(args.model, args.device, args.dtype)
     device = pipe.model.device
     image = torch.rand(1, 3, args.input, args.input)
     options = dict(scale=args.scale, steps=args.steps, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
@@ -90,14 +92,36 @@ def measure(args: argparse.Namespace) -> dict:
             else "cpu", "dtype": str(pipe.model.dtype).removeprefix("torch.")}
 
 
-def in_subprocess(base: list[str], **overrides) -> dict:
-    argv = list(base)
-    for key, value in overrides.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is not None:
-            argv += [flag, str(value)]
+class Runner:
+    """Runs one configuration: in this process on CUDA (one model, cast as asked), else in a fresh process."""
+
+    def __init__(self, parser: argparse.ArgumentParser, base: list[str]):
+        self.parser, self.base, self.pipe = parser, base, None
+
+    def __call__(self, extra: list[str] = (), **overrides) -> dict:
+        argv = self.base + list(extra)
+        for key, value in overrides.items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                argv.append(flag)
+            elif value is not None:
+                argv += [flag, str(value)]
+        args = self.parser.parse_args(argv)
+        if not torch.cuda.is_available() or args.device == "cpu":
+            return in_subprocess(argv)
+        from flowsr.devices import resolve_dtype
+
+        if self.pipe is None:
+            self.pipe = build_pipeline(args.model, args.device, args.dtype)
+        self.pipe.model.to(resolve_dtype(args.dtype, self.pipe.model.device))
+        try:
+            return measure(args, self.pipe)
+        except Exception as error:  # an out-of-memory baseline is a result, not a crash
+            torch.cuda.empty_cache()
+            return {"error": f"{type(error).__name__}: {error}".splitlines()[0][:200]}
+
+
+def in_subprocess(argv: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, "--one", *argv], capture_output=True, text=True)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
@@ -138,28 +162,29 @@ def main() -> None:
 
     base = ["--model", args.model, "--device", args.device, "--dtype", args.dtype, "--scale", str(args.scale),
             "--repeat", str(args.repeat)]
+    run = Runner(parser, base)
     size = args.input
     out = round(size * args.scale)
     print(f"FlowSR benchmark: model {args.model}, {size} -> {out} px, device {args.device}, dtype {args.dtype}")
 
     print("\n-- steps (auto tiling) --")
-    one = in_subprocess(base, input=size)
+    one = run(input=size)
     report("1 step", one)
-    report("4 steps", in_subprocess(base, input=size, steps=4), one)
+    report("4 steps", run(input=size, steps=4), one)
 
     print("\n-- tiles per call (tile 64) --")
-    single = in_subprocess(base, input=size, tile_size=64, tile_batch=1)
+    single = run(input=size, tile_size=64, tile_batch=1)
     report("one tile at a time", single)
-    report("4 tiles per call", in_subprocess(base, input=size, tile_size=64, tile_batch=4), single)
+    report("4 tiles per call", run(input=size, tile_size=64, tile_batch=4), single)
 
     print("\n-- image growth: untiled vs tiled (tile 64) --")
     for side in args.growth or [size // 2, size]:
-        untiled = in_subprocess(base, input=side, tile_size=0)
+        untiled = run(input=side, tile_size=0)
         report(f"{side} -> {round(side * args.scale)} untiled", untiled)
-        report(f"{side} -> {round(side * args.scale)} tiled 64", in_subprocess(base, input=side, tile_size=64), untiled)
+        report(f"{side} -> {round(side * args.scale)} tiled 64", run(input=side, tile_size=64), untiled)
 
     print("\n-- against the reference implementation's way (fp32, 96-latent tiles one at a time, untiled VAE) --")
-    reference = in_subprocess(base + ["--dtype", "fp32"], input=size, tile_size=96, tile_overlap=32,
+    reference = run(["--dtype", "fp32"], input=size, tile_size=96, tile_overlap=32,
                               reference_style=True)
     report("reference-style fp32", reference)
     report(f"ours, auto tiling, dtype {args.dtype}", one, reference)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Reproduce the built-in model (flowsr/weights/flowsr_tiny.safetensors) from scratch:
+#   bash train/train_builtin.sh                                          # CPU
+#   bash train/train_builtin.sh --set train.mixed_precision=bf16 ...    # GPU; extra --set go to both stages
+# Photos come from Debian packages (train/DATA.md); stage 1 trains the flow, stage 2 distils it to one step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -d data/photos/train ] || python -m train.prepare_photos --out data/photos --no-share-alike
+python -m train.train --config train/configs/tiny_stage1.yaml "$@"
+python -m train.train --config train/configs/tiny_stage2.yaml "$@"
+mkdir -p flowsr/weights
+cp runs/tiny_stage2/flowsr.safetensors flowsr/weights/flowsr_tiny.safetensors
+echo "built-in model: flowsr/weights/flowsr_tiny.safetensors"
