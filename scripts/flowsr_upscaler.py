@@ -48,7 +48,7 @@ class Setting(NamedTuple):  # not a dataclass: A1111 loads scripts without regis
 
 
 SETTINGS = {
-    "flowsr_tile_size": Setting(0, "FlowSR tile size (latent pixels, 8 image pixels each)", "Slider",
+    "flowsr_tile_size": Setting(0, "FlowSR tile size (latent pixels; 8 image pixels each with SD)", "Slider",
                                 {"minimum": 0, "maximum": 256, "step": 16}, "0 = automatic, from free memory"),
     "flowsr_tile_overlap": Setting(16, "FlowSR tile overlap (latent pixels)", "Slider",
                                    {"minimum": 0, "maximum": 64, "step": 4},
@@ -68,7 +68,7 @@ SETTINGS = {
 
 
 def setting(key: str) -> Any:
-    """A setting's value, or its default where the settings page never registered it (API-only mode)."""
+    """A setting's value, or its default where the host's options lack it (a host that dropped the option)."""
     return getattr(shared.opts, key, SETTINGS[key].default)
 
 
@@ -95,8 +95,11 @@ def device_and_dtype():
 
 
 def free_host_memory() -> None:
-    """Forge keeps its own models on the GPU until asked to free it; A1111 has no such call."""
-    for name in ("modules_forge.utils", "modules_forge.forge_util"):
+    """Forge keeps its own models on the GPU until asked to free it; A1111 has no such call.
+
+    Forge moved the call between versions: modules_forge.utils, modules_forge.forge_util, modules.upscaler.
+    """
+    for name in ("modules_forge.utils", "modules_forge.forge_util", "modules.upscaler"):
         try:
             prepare_free_memory = importlib.import_module(name).prepare_free_memory
         except (ImportError, AttributeError):
@@ -191,7 +194,7 @@ class UpscalerFlowSR(Upscaler):
         if self.pipeline_key != key:
             self.unload()
             print(f"FlowSR: loading {checkpoint or flowsr.BUILTIN_MODEL_NAME} ({dtype}, {device})",
-                  file=shared.progress_print_out)
+                  file=shared.progress_print_out, flush=True)
             self.pipeline = flowsr.FlowSRPipeline.from_pretrained(checkpoint, base_model, device=device, dtype=dtype)
             self.pipeline_key = key
         return self.pipeline.to(device)
@@ -225,7 +228,7 @@ class UpscalerFlowSR(Upscaler):
         try:
             return self.run(pipeline, img)
         except flowsr.Cancelled:
-            print("FlowSR: interrupted; the image is only resized", file=shared.progress_print_out)
+            print("FlowSR: interrupted; the image is only resized", file=shared.progress_print_out, flush=True)
             return img
         finally:
             self.release()

@@ -299,13 +299,18 @@ def test_model_kept_in_ram_between_uses_unless_told_not_to(start_a1111, builtin_
     assert a1111.devices.torch_gc_calls > gc_before
 
 
-def test_forge_is_asked_to_free_its_gpu_memory(start_a1111, monkeypatch):
+@pytest.mark.parametrize("location", ["modules_forge.utils", "modules_forge.forge_util", "modules.upscaler"])
+def test_forge_is_asked_to_free_its_gpu_memory(start_a1111, monkeypatch, location):
+    """Forge's call moved between its versions; A1111 has none of them."""
     a1111 = start_a1111()
-    a1111.script.free_host_memory()  # A1111: no modules_forge, nothing to call
+    a1111.script.free_host_memory()
     calls = []
-    forge_utils = SimpleNamespace(prepare_free_memory=lambda aggressive=False: calls.append(aggressive))
-    monkeypatch.setitem(sys.modules, "modules_forge", SimpleNamespace(__path__=[]))
-    monkeypatch.setitem(sys.modules, "modules_forge.utils", forge_utils)
+    prepare_free_memory = lambda aggressive=False: calls.append(aggressive)  # noqa: E731
+    if location == "modules.upscaler":
+        monkeypatch.setattr(sys.modules[location], "prepare_free_memory", prepare_free_memory, raising=False)
+    else:
+        monkeypatch.setitem(sys.modules, "modules_forge", SimpleNamespace(__path__=[]))
+        monkeypatch.setitem(sys.modules, location, SimpleNamespace(prepare_free_memory=prepare_free_memory))
     a1111.script.free_host_memory()
     assert calls == [True]
 
