@@ -13,23 +13,25 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/bench.txt"
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" | tee -a "$OUT/bench.txt"
 
-timeout 150 python3 bench/bench_upscale.py --model sd-random --device cuda --input 512 --scale 4 --repeat 2 \
-    --growth 256 512 2>&1 | grep -v Warning | tee -a "$OUT/bench.txt"
-timeout 60 python3 bench/oom_check.py --fraction 0.05 --input 512 2>&1 | tail -3 | tee -a "$OUT/bench.txt"
+if [ "${BENCH:-1}" = 1 ]; then
+  timeout 150 python3 bench/bench_upscale.py --model sd-random --device cuda --input 512 --scale 4 --repeat 2 \
+      --growth 256 512 2>&1 | grep -v Warning | tee -a "$OUT/bench.txt"
+  timeout 60 python3 bench/oom_check.py --fraction 0.05 --input 512 2>&1 | tail -3 | tee -a "$OUT/bench.txt"
+fi
 
-GPU=(--set train.mixed_precision=bf16 --set data.num_workers=8 --set data.batch_size=32 --set log.every=50)
+GPU=(--set train.mixed_precision=bf16 --set data.num_workers=${WORKERS:-8} --set data.batch_size=32 --set log.every=50)
 t0=$(date +%s)
-timeout 150 python3 -m train.train --config train/configs/tiny_stage1.yaml "${GPU[@]}" --set train.max_steps=${S1_STEPS:-4000} \
+timeout ${S1_TIMEOUT:-150} python3 -m train.train --config train/configs/tiny_stage1.yaml "${GPU[@]}" --set train.max_steps=${S1_STEPS:-5000} \
     > "$OUT/stage1.log" 2>&1
 echo "stage 1: rc=$? in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/bench.txt"
 # Cut short by the time limit: start stage 2 from the newest checkpoint's export.
 [ -f runs/tiny_stage1/flowsr.safetensors ] || cp "$(ls -d runs/tiny_stage1/checkpoints/step_* | tail -1)/flowsr.safetensors" runs/tiny_stage1/
 S2=(--config train/configs/tiny_stage2.yaml "${GPU[@]}" --set train.max_steps=${S2_STEPS:-1200} --set validation.every=400)
 t0=$(date +%s)
-timeout 140 python3 -m train.train "${S2[@]}" > "$OUT/stage2.log" 2>&1 &
-timeout 140 python3 -m train.train "${S2[@]}" --set output_dir=runs/tiny_stage2_no_hr --set stage2.weights.hr=0 \
+timeout ${S2_TIMEOUT:-140} python3 -m train.train "${S2[@]}" > "$OUT/stage2.log" 2>&1 &
+timeout ${S2_TIMEOUT:-140} python3 -m train.train "${S2[@]}" --set output_dir=runs/tiny_stage2_no_hr --set stage2.weights.hr=0 \
     > "$OUT/stage2_no_hr.log" 2>&1 &
-timeout 140 python3 -m train.train "${S2[@]}" --set output_dir=runs/tiny_stage2_one_scheduler \
+timeout ${S2_TIMEOUT:-140} python3 -m train.train "${S2[@]}" --set output_dir=runs/tiny_stage2_one_scheduler \
     --set 'stage2.pairs={slow_to_fast: 0, fast_to_slow: 0, slow: 1.0}' > "$OUT/stage2_one_scheduler.log" 2>&1 &
 wait
 echo "stage 2 (three runs side by side): $(( $(date +%s) - t0 )) s" | tee -a "$OUT/bench.txt"

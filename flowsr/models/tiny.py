@@ -36,6 +36,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
         "layers_per_block": 1,
         "norm_num_groups": 32,
+        "add_attention": False,  # convolutions only: the same result whatever the tile or image size
     },
 }
 
