@@ -7,11 +7,12 @@ Load once, upscale many::
     pipe = flowsr.FlowSRPipeline.from_pretrained("flowsr.safetensors", base_model="v2-1_512-ema-pruned.safetensors")
     big = pipe.upscale(image, scale=4)                        # PIL, numpy or torch in; the same kind out
 """
-from .errors import BadInputError, Cancelled, CheckpointError, FlowSRError
+from .errors import BadInputError, Cancelled, CheckpointError, FlowSRError, OutOfMemoryError
 from .pipeline import FlowSRPipeline
 
 #: How hosts list the model that ships inside the package.
 BUILTIN_MODEL_NAME = "FlowSR tiny (built-in)"
 
 __version__ = "0.1.0"
-__all__ = ["FlowSRPipeline", "FlowSRError", "BadInputError", "CheckpointError", "Cancelled", "BUILTIN_MODEL_NAME"]
+__all__ = ["FlowSRPipeline", "FlowSRError", "BadInputError", "CheckpointError", "Cancelled", "OutOfMemoryError",
+           "BUILTIN_MODEL_NAME"]

@@ -15,3 +15,7 @@ class CheckpointError(FlowSRError):
 
 class Cancelled(FlowSRError):
     """The caller's cancel hook asked to stop; raised between tiles."""
+
+
+class OutOfMemoryError(FlowSRError):
+    """The accelerator ran out of memory even with the smallest tiles; hosts may free memory and retry."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from . import flow
 from .color import COLOR_FIXES, color_fix
 from .devices import empty_cache, free_memory, is_out_of_memory, resolve_device, resolve_dtype
-from .errors import BadInputError, Cancelled, FlowSRError
+from .errors import BadInputError, Cancelled, OutOfMemoryError
 from .images import ImageLike, to_batch
 from .models.base import FlowSRModel
 from .tiling import count_batches, downscale_to_fit, shared_group_norm_statistics, tiled_map
@@ -200,8 +200,8 @@ class FlowSRPipeline:
                 smaller = tiling.shrunk()
                 empty_cache(self.model.device)
                 if smaller is None:
-                    raise FlowSRError("out of memory even with the smallest tiles; free accelerator memory, "
-                                      "use --dtype fp16 or a smaller scale") from None
+                    raise OutOfMemoryError("out of memory even with the smallest tiles; free accelerator memory, "
+                                           "use a half-precision dtype or a smaller scale") from error
                 steps = len(times) - 1
                 tracker.total += (tracker.done - done_before) + self._calls(size, smaller, steps) \
                     - self._calls(size, tiling, steps)

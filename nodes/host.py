@@ -18,7 +18,7 @@ import folder_paths
 from comfy.model_patcher import ModelPatcher
 
 from .. import flowsr
-from ..flowsr.devices import is_out_of_memory, resolve_dtype
+from ..flowsr.devices import resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -186,27 +186,17 @@ def upscale(flowsr_model: LoadedFlowSR, image, scale: float, tile_size: int, til
 
     try:
         output = attempt()
-    except flowsr.FlowSRError as error:
-        if not _out_of_memory(error):
-            raise
+    except flowsr.OutOfMemoryError:
         # flowsr already shrank its tiles to the smallest; what is left is the room other models take
         logger.warning("FlowSR: out of memory with the smallest tiles; unloading ComfyUI's models, trying again")
         model_management.unload_all_models()
         model_management.soft_empty_cache()
         try:
             output = attempt()
-        except flowsr.FlowSRError as error:
-            if not _out_of_memory(error):
-                raise
+        except flowsr.OutOfMemoryError as error:
             # ComfyUI's own out-of-memory handling: its advice to the user, and every model unloaded
             raise model_management.OOM_EXCEPTION(str(error)) from error
     return output.movedim(1, -1).float().cpu().contiguous()
-
-
-def _out_of_memory(error: BaseException) -> bool:
-    """flowsr's 'out of memory even with the smallest tiles' error: it was raised handling an OOM."""
-    cause = error.__cause__ or error.__context__
-    return cause is not None and is_out_of_memory(cause)
 
 
 def _automatic(value: int) -> Optional[int]:

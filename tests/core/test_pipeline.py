@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from flowsr import BadInputError, Cancelled, FlowSRError, FlowSRPipeline, flow
+from flowsr import BadInputError, Cancelled, FlowSRPipeline, OutOfMemoryError, flow
 from flowsr.models.base import FlowSRModel
 from flowsr.pipeline import Tiling, pad_to_multiple
 
@@ -107,7 +107,7 @@ def test_out_of_memory_backs_off_to_smaller_tiles(tiny_pipeline, image):
 
 
 def test_out_of_memory_gives_up_with_a_clear_error(tiny_pipeline, image):
-    with OutOfMemoryAbove(tiny_pipeline.model, limit=1), pytest.raises(FlowSRError, match="out of memory"):
+    with OutOfMemoryAbove(tiny_pipeline.model, limit=1), pytest.raises(OutOfMemoryError, match="out of memory"):
         tiny_pipeline.upscale_tensor(image, tile_size=32)
 
 
