@@ -162,17 +162,23 @@ class FlowSRPipeline:
         """The caller's tiling, with what they left open chosen from the model and the free memory."""
         model = self.model
         if tile_size is None:
-            tile_size, auto_batch = self._auto_tile(model.device)
+            tile_size, auto_batch = self._auto_tile(model.device, size)
         else:
             auto_batch = 1
         overlap = tile_overlap if tile_overlap is not None else min(model.default_tile_overlap, tile_size // 3)
         return Tiling(tile_size, overlap, tile_batch or auto_batch)
 
-    def _auto_tile(self, device: torch.device) -> tuple[int, int]:
-        """(tile side, tiles per call) for the memory the device has free; the model's default where unknown."""
+    def _auto_tile(self, device: torch.device, size: tuple[int, int]) -> tuple[int, int]:
+        """(tile side, tiles per call) for the memory the device has free; the model's default where unknown.
+
+        No tiles when the whole image fits with room to spare: one pass is the fastest and the exact one.
+        """
         free = free_memory(device)
         if free is None:
             return self.model.default_tile_size, 1
+        element = torch.finfo(self.model.dtype).bits // 8
+        if size[0] * size[1] * self.model.untiled_bytes_per_pixel * element / 2 < free / 2:
+            return 0, 1
         gib = free / 2 ** 30
         side = 128 if gib >= 24 else 96 if gib >= 8 else 64 if gib >= 4 else 48
         return side, max(1, min(4, int(gib // 16)))

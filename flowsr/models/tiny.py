@@ -46,6 +46,7 @@ class TinyFlowSR(FlowSRModel):
 
     default_tile_size = 128
     default_tile_overlap = 16
+    untiled_bytes_per_pixel = 400  # an estimate: 64 channels at 1/16 of the pixels, a few tensors alive
 
     def __init__(self, config: Optional[dict[str, Any]] = None):
         super().__init__()

@@ -194,3 +194,15 @@ def test_numpy_and_torch_keep_their_layout(tiny_pipeline):
     assert tiny_pipeline.upscale(np.zeros((5, 6), np.uint16), scale=2).dtype == np.uint16
     assert tiny_pipeline.upscale(torch.rand(1, 5, 6), scale=2).shape == (1, 10, 12)
     assert tiny_pipeline.upscale(torch.rand(2, 3, 5, 6), scale=2).shape == (2, 3, 10, 12)
+
+
+def test_automatic_tiles_follow_free_memory(tiny_pipeline, monkeypatch):
+    import flowsr.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "free_memory", lambda device: 80 * 2 ** 30)
+    assert tiny_pipeline._tiling((2048, 2048), None, None, None).size == 0  # fits whole: no tiles
+    assert tiny_pipeline._tiling((16384, 16384), None, None, None).size == 128
+    monkeypatch.setattr(pipeline, "free_memory", lambda device: 5 * 2 ** 30)
+    assert tiny_pipeline._tiling((16384, 16384), None, None, None) == Tiling(64, 16, 1)
+    monkeypatch.setattr(pipeline, "free_memory", lambda device: None)  # the CPU: the model's default
+    assert tiny_pipeline._tiling((512, 512), None, None, None).size == tiny_pipeline.model.default_tile_size
