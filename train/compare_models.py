@@ -85,8 +85,8 @@ def main() -> None:
             image = to_pil(lr)
             whole = pipe.upscale(image, scale=args.scale, tile_size=0)
             tiled = pipe.upscale(image, scale=args.scale, tile_size=32, tile_overlap=8)
-            values.append(psnr_y(torch.from_numpy(np.asarray(tiled)).permute(2, 0, 1).float() / 255,
-                                 torch.from_numpy(np.asarray(whole)).permute(2, 0, 1).float() / 255, 0))
+            values.append(psnr_y(torch.from_numpy(np.array(tiled)).permute(2, 0, 1).float() / 255,
+                                 torch.from_numpy(np.array(whole)).permute(2, 0, 1).float() / 255, 0))
         print(f"\ntiled (32-latent tiles, overlap 8) vs untiled, {methods[1][0]}: PSNR-Y mean "
               f"{np.mean(values):.2f} dB, min {np.min(values):.2f} dB")
 
