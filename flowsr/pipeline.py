@@ -38,6 +38,10 @@ class Tiling:
     overlap: int
     batch: int = 1
 
+    def side(self, grid: tuple[int, int]) -> int:
+        """The tile side on a latent grid: the whole grid when tiling is off."""
+        return self.size or max(grid)
+
     def shrunk(self) -> Optional["Tiling"]:
         """The next smaller setting to try after running out of memory, or None when there is none."""
         if self.batch > 1:
@@ -191,7 +195,7 @@ class FlowSRPipeline:
     def _calls(self, size: tuple[int, int], tiling: Tiling, steps: int) -> int:
         """Network calls for one image: encoder tiles, velocity batches per step, decoder tiles."""
         grid_h, grid_w = self._grid(size)
-        tile = tiling.size or max(grid_h, grid_w)
+        tile = tiling.side((grid_h, grid_w))
         autoencoder = count_batches(grid_h, grid_w, tile, tiling.overlap, 1)
         return 2 * autoencoder + steps * count_batches(grid_h, grid_w, tile, tiling.overlap, tiling.batch)
 
@@ -220,11 +224,11 @@ class FlowSRPipeline:
         lr = lr.to(device=device, dtype=torch.float32)
         upsampled = F.interpolate(lr, size=size, mode="bilinear", align_corners=False)
         padded = pad_to_multiple(upsampled * 2 - 1, model.pad_multiple)
-        grid = self._grid(size)
-        tile = tiling.size or max(grid)
-        layout = dict(tile=tile, overlap=tiling.overlap, on_batch=tracker.tick)
+        layout = dict(tile=tiling.side(self._grid(size)), overlap=tiling.overlap, on_batch=tracker.tick)
 
-        latent = self._encode(padded, layout, generator)
+        factor = model.latent_factor
+        latent = self._tiled_autoencoder(lambda x, dtype: model.encode(x.to(dtype), generator), padded, layout,
+                                         in_factor=factor)
 
         def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             def network(chunk: torch.Tensor) -> torch.Tensor:
@@ -232,33 +236,25 @@ class FlowSRPipeline:
             return tiled_map(network, x_t, batch_size=tiling.batch, **layout)
 
         latent = flow.sample(velocity, latent, times)
-        pixels = self._decode(latent, layout)
+        pixels = self._tiled_autoencoder(lambda z, dtype: model.decode(z.to(dtype)), latent, layout,
+                                         out_factor=factor)
         pixels = (pixels[..., :size[0], :size[1]].float().clamp(-1, 1) + 1) / 2
         if method != "none":
             reference = F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
             pixels = color_fix(pixels, reference, method).clamp(0, 1)
         return pixels.cpu()
 
-    def _encode(self, pixels: torch.Tensor, layout: dict, generator: Optional[torch.Generator]) -> torch.Tensor:
-        model = self.model
-        factor = model.latent_factor
-
-        def encoder(chunk: torch.Tensor) -> torch.Tensor:
-            return _finite_or_fp32(model, lambda dtype: model.encode(chunk.to(dtype), generator)).float()
-
-        with self._shared_statistics(pixels, layout["tile"] * factor, factor,
-                                     lambda small: model.encode(small.to(model.autoencoder_dtype))):
-            return tiled_map(encoder, pixels, in_factor=factor, **layout)
-
-    def _decode(self, latent: torch.Tensor, layout: dict) -> torch.Tensor:
+    def _tiled_autoencoder(self, run: Callable[[torch.Tensor, torch.dtype], torch.Tensor], x: torch.Tensor,
+                           layout: dict, in_factor: int = 1, out_factor: int = 1) -> torch.Tensor:
+        """The encoder or the decoder, ``run(x, dtype)``, over tiles of ``x``, every tile normalised alike."""
         model = self.model
 
-        def decoder(chunk: torch.Tensor) -> torch.Tensor:
-            return _finite_or_fp32(model, lambda dtype: model.decode(chunk.to(dtype))).float()
+        def network(chunk: torch.Tensor) -> torch.Tensor:
+            return _finite_or_fp32(model, lambda dtype: run(chunk, dtype)).float()
 
-        with self._shared_statistics(latent, layout["tile"], 1,
-                                     lambda small: model.decode(small.to(model.autoencoder_dtype))):
-            return tiled_map(decoder, latent, out_factor=model.latent_factor, **layout)
+        with self._shared_statistics(x, layout["tile"] * in_factor, in_factor,
+                                     lambda small: run(small, model.autoencoder_dtype)):
+            return tiled_map(network, x, in_factor=in_factor, out_factor=out_factor, **layout)
 
     def _shared_statistics(self, x: torch.Tensor, tile_side: int, multiple: int,
                            run: Callable[[torch.Tensor], object]):
