@@ -12,6 +12,7 @@ the same inputs. Prints a Markdown table of mean PSNR-Y / SSIM-Y (and SSIMULACRA
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="seed of the Real-ESRGAN degradations")
     parser.add_argument("--seams", action="store_true", help="also report tiled vs untiled PSNR of the first model")
+    parser.add_argument("--device", default="cpu", help="where the models run (cpu, cuda, ...); fp32 either way")
+    parser.add_argument("--no-ssimulacra2", action="store_true", help="skip SSIMULACRA2 (the slowest metric)")
+    parser.add_argument("--json", type=Path, help="also write the means here: {method: {LR kind: {metric: value}}}")
     args = parser.parse_args()
 
     hr_images = {path.stem: read_image(path) for path in list_images(args.hr)}
@@ -64,6 +68,7 @@ def main() -> None:
     pipelines: dict[Path, FlowSRPipeline] = {}
     print(f"{len(hr_images)} held-out photos from {args.hr}, x{args.scale}\n")
     print("| method | LR | PSNR-Y | SSIM-Y | SSIMULACRA2 |\n|---|---|---|---|---|")
+    results: dict[str, dict[str, dict[str, float]]] = {}
     for name, path, steps in methods:
         for lr_kind, lrs in lr_sets.items():
             pairs = []
@@ -72,12 +77,17 @@ def main() -> None:
                 if path is None:
                     sr = to_pil(lr).resize((hr.shape[2], hr.shape[1]), Image.BICUBIC)
                 else:
-                    pipe = pipelines.setdefault(path, FlowSRPipeline.from_pretrained(path, device="cpu", dtype="fp32"))
+                    if path not in pipelines:
+                        pipelines[path] = FlowSRPipeline.from_pretrained(path, device=args.device, dtype="fp32")
+                    pipe = pipelines[path]
                     sr = pipe.upscale(to_pil(lr), scale=args.scale, steps=steps)
                 pairs.append((image_name, sr, to_pil(hr)))
-            means = evaluate_pairs(pairs, scale=args.scale).means
+            means = evaluate_pairs(pairs, scale=args.scale, use_ssimulacra2=not args.no_ssimulacra2).means
+            results.setdefault(name, {})[lr_kind] = means
             print(f"| {name} | {lr_kind} | {format_value(means['PSNR-Y'])} | {format_value(means['SSIM-Y'])} | "
                   f"{format_value(means.get('SSIMULACRA2', float('nan')))} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
     if args.seams and len(methods) > 1:
         pipe = pipelines[methods[1][1]]
         values = []

@@ -127,6 +127,8 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
     value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()   # YAML 1.1 reads no/yes/on/off as booleans: mixed_precision=no means "no"
     if isinstance(value, str):
         try:
             value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 #: A TinyFlowSR architecture small enough for a training step in tens of milliseconds.
@@ -29,6 +30,11 @@ def synthetic_photo(height: int, width: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="session")
 def make_photo():
     return synthetic_photo
+
+
+@pytest.fixture(scope="session")
+def small_model_config() -> dict:
+    return yaml.safe_load(SMALL_UNET)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,12 @@ def test_overrides_reach_nested_keys_and_read_yaml_values():
     assert DEFAULTS["train"]["max_steps"] != 12   # the defaults are never modified
 
 
+def test_yaml_11_yes_no_words_stay_words():
+    config = load_config(None, ["train.mixed_precision=no", "train.cpu=true", "data.cache=false"])
+    assert config["train"]["mixed_precision"] == "no"   # YAML 1.1 alone would read False
+    assert config["train"]["cpu"] is True and config["data"]["cache"] is False
+
+
 def test_unknown_keys_are_errors_with_a_suggestion():
     with pytest.raises(ConfigError, match="'train.max_step'; did you mean 'train.max_steps'"):
         load_config(None, ["train.max_step=5"])
