@@ -22,20 +22,16 @@ from PIL import Image
 from flowsr import FlowSRPipeline
 
 from .data import bicubic_downscale, list_images, read_image
-from .degradations import realesrgan_degrade
+from .degradations import degrade_held_out
 from .evaluate import evaluate_pairs, format_value
 from .metrics import psnr_y
 
 
 def make_lr_sets(hr_images: dict[str, torch.Tensor], scale: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
     """{"bicubic": {name: lr}, "Real-ESRGAN": {name: lr}}, uint8 (3,h,w) tensors."""
-    degraded = {}
-    for index, (name, hr) in enumerate(hr_images.items()):
-        generator = torch.Generator().manual_seed(seed + index)
-        lr = realesrgan_degrade(hr.float() / 255, scale, generator)
-        degraded[name] = (lr * 255).round().byte()
     return {"bicubic": {name: bicubic_downscale(hr, scale) for name, hr in hr_images.items()},
-            "Real-ESRGAN": degraded}
+            "Real-ESRGAN": {name: degrade_held_out(hr, scale, seed + index)
+                            for index, (name, hr) in enumerate(hr_images.items())}}
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

@@ -237,6 +237,16 @@ def realesrgan_degrade(hr: torch.Tensor, scale: int, g: torch.Generator,
     return image.clamp(0, 1)
 
 
+def degrade_held_out(hr: torch.Tensor, scale: int, seed: int) -> torch.Tensor:
+    """The fixed Real-ESRGAN LR (uint8) of one held-out uint8 HR image whose sides are multiples of ``scale``.
+
+    Test sets seed their i-th image with ``seed + i``, so :func:`degrade_folder` writes the very LR images
+    that ``train.compare_models`` scores.
+    """
+    lr = realesrgan_degrade(hr.float() / 255.0, scale, torch.Generator().manual_seed(seed))
+    return (lr * 255).round().to(torch.uint8)
+
+
 def degrade_folder(hr_dir: str, out_dir: str, scale: int = 4, seed: int = 0) -> list[str]:
     """Write a Real-ESRGAN-degraded LR version of every image in ``hr_dir`` (a fixed test set: seeded per file).
 
@@ -244,16 +254,14 @@ def degrade_folder(hr_dir: str, out_dir: str, scale: int = 4, seed: int = 0) -> 
     """
     from pathlib import Path
 
-    from .data import list_images, read_image, sample_seed, to_uint8
+    from .data import list_images, read_image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for index, path in enumerate(list_images(hr_dir)):
         hr = read_image(path)
-        hr = hr[:, :hr.shape[1] // scale * scale, :hr.shape[2] // scale * scale]
-        g = torch.Generator().manual_seed(sample_seed(seed, 0, index))
-        lr = to_uint8(realesrgan_degrade(hr.float() / 255.0, scale, g))
+        lr = degrade_held_out(hr[:, :hr.shape[1] // scale * scale, :hr.shape[2] // scale * scale], scale, seed + index)
         target = out / (path.stem + ".png")
         Image.fromarray(lr.permute(1, 2, 0).numpy()).save(target)
         written.append(str(target))
