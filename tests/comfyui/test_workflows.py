@@ -29,6 +29,15 @@ def test_thumbnail_is_a_jpeg_beside_the_workflow(path):
         assert min(thumbnail.size) >= 128
 
 
+def test_comfyui_serves_templates_from_workflows_folder():
+    # ComfyUI (app/custom_node_manager.py, a125cd84b054) lists */<folder>/*.json for each of these names but
+    # serves /api/workflow_templates/<pack>/ from the first that exists in the pack: an examples/ folder
+    # beside workflows/ hid every thumbnail (404 in the template browser).
+    served_from = ["example_workflows", "example", "examples", "workflow", "workflows"]
+    pack = WORKFLOWS.parent
+    assert next(name for name in served_from if (pack / name).is_dir()) == "workflows"
+
+
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
 def test_api_twin_is_what_the_frontend_would_queue(path, workflow_tools, object_info):
     prompt = json.loads((WORKFLOWS / "api" / path.name).read_text())

@@ -9,7 +9,7 @@ from PIL import Image
 from flowsr import BUILTIN_MODEL_NAME, FlowSRPipeline
 from flowsr.models.tiny import BUILTIN_WEIGHTS
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "honey-bee.png"
+EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "honey-bee.png"
 
 
 @pytest.fixture(scope="module")
