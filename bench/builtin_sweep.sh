@@ -9,11 +9,7 @@
 # 3 min 10 s with the bank build); stage 2 at batch 32, 8.6 it/s each (600 steps in 75 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-out}; mkdir -p "$OUT"
-if ! python3 -c "import diffusers" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+source bench/gpu_env.sh
 DEVICE=${DEVICE:-cuda}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/sweep.txt" 2>&1 || echo "no GPU" > "$OUT/sweep.txt"
 
