@@ -21,7 +21,7 @@ from PIL import Image
 
 from flowsr import FlowSRPipeline
 
-from .data import bicubic_downscale, list_images, read_image
+from .data import bicubic_downscale, crop_to_multiple, list_images, read_image
 from .degradations import degrade_held_out
 from .evaluate import evaluate_pairs, format_value
 from .metrics import psnr_y
@@ -56,9 +56,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the means here: {method: {LR kind: {metric: value}}}")
     args = parser.parse_args()
 
-    hr_images = {path.stem: read_image(path) for path in list_images(args.hr)}
-    hr_images = {name: hr[:, :hr.shape[1] // args.scale * args.scale, :hr.shape[2] // args.scale * args.scale]
-                 for name, hr in hr_images.items()}
+    hr_images = {path.stem: crop_to_multiple(read_image(path), args.scale) for path in list_images(args.hr)}
     lr_sets = make_lr_sets(hr_images, args.scale, args.seed)
     methods = [("bicubic", None, 1)] + [parse_model(text) for text in args.model]
     pipelines: dict[Path, FlowSRPipeline] = {}

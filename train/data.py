@@ -59,6 +59,11 @@ def bicubic_downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1).contiguous()
 
 
+def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """The top-left part of a (C,H,W) image whose sides are multiples of ``multiple``: LR x scale = HR exactly."""
+    return image[:, :image.shape[1] // multiple * multiple, :image.shape[2] // multiple * multiple]
+
+
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 

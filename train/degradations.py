@@ -254,14 +254,13 @@ def degrade_folder(hr_dir: str, out_dir: str, scale: int = 4, seed: int = 0) -> 
     """
     from pathlib import Path
 
-    from .data import list_images, read_image
+    from .data import crop_to_multiple, list_images, read_image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for index, path in enumerate(list_images(hr_dir)):
-        hr = read_image(path)
-        lr = degrade_held_out(hr[:, :hr.shape[1] // scale * scale, :hr.shape[2] // scale * scale], scale, seed + index)
+        lr = degrade_held_out(crop_to_multiple(read_image(path), scale), scale, seed + index)
         target = out / (path.stem + ".png")
         Image.fromarray(lr.permute(1, 2, 0).numpy()).save(target)
         written.append(str(target))
