@@ -13,7 +13,7 @@ source bench/gpu_env.sh
 DEVICE=${DEVICE:-cuda}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/sweep.txt" 2>&1 || echo "no GPU" > "$OUT/sweep.txt"
 
-SMALL='{latent_factor: 4, unet: {block_out_channels: [64, 128, 192], layers_per_block: 1, norm_num_groups: 32, add_attention: false, down_block_types: [DownBlock2D, DownBlock2D, DownBlock2D], up_block_types: [UpBlock2D, UpBlock2D, UpBlock2D]}}'
+SMALL='{}'   # the built-in architecture (flowsr/models/tiny.py DEFAULT_CONFIG, 6.66 M params)
 LARGE='{latent_factor: 4, unet: {block_out_channels: [96, 128, 192], layers_per_block: 2, norm_num_groups: 32, add_attention: false, down_block_types: [DownBlock2D, DownBlock2D, DownBlock2D], up_block_types: [UpBlock2D, UpBlock2D, UpBlock2D]}}'
 declare -A MODEL=([large_all_mix50]="$LARGE" [large_all_mix30]="$LARGE" [large_free_mix50]="$LARGE" [small_free_mix50]="$SMALL")
 declare -A PHOTOS=([large_all_mix50]=data/photos_sa [large_all_mix30]=data/photos_sa [large_free_mix50]=data/photos [small_free_mix50]=data/photos)
