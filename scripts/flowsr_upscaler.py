@@ -19,10 +19,11 @@ if EXTENSION_ROOT not in sys.path:
     sys.path.append(EXTENSION_ROOT)
 
 import flowsr  # noqa: E402
-from flowsr.checkpoint import FLOWSR_LORA, read_safetensors_header  # noqa: E402
 from flowsr.color import COLOR_FIXES  # noqa: E402
+from flowsr.families import SD21_BASE  # noqa: E402
 from flowsr.flow import SCHEDULES  # noqa: E402
 from flowsr.pipeline import MAX_SCALE, MIN_SCALE  # noqa: E402
+from flowsr.weights_file import FLOWSR_LORA, read_weights_file  # noqa: E402
 from modules import devices, paths, shared  # noqa: E402
 from modules.upscaler import Upscaler, UpscalerData  # noqa: E402
 
@@ -162,7 +163,7 @@ class UpscalerFlowSR(Upscaler):
         if not os.path.isfile(checkpoint):
             raise flowsr.CheckpointError(f"FlowSR weights {checkpoint} are gone: put the file back into {folder}, "
                                          "or pick another FlowSR upscaler")
-        if read_safetensors_header(checkpoint).kind != FLOWSR_LORA:
+        if read_weights_file(checkpoint).kind != FLOWSR_LORA:
             return checkpoint, None  # a full model needs no base; a wrong file gets flowsr's own message
         return checkpoint, self.find_base_model()
 

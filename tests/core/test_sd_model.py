@@ -8,7 +8,8 @@ import torch
 from tests.conftest import TEXT_WIDTH, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 
 from flowsr import flow
-from flowsr.models.sd import POSITIVE_PROMPT, SD21_CONFIG_DIR, SDFlowSRModel, encode_prompt
+from flowsr.families import SD21_BASE
+from flowsr.models.sd import POSITIVE_PROMPT, SDFlowSRModel, encode_prompt
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_from_configs_builds_random_weights_from_a_config_folder(tmp_path):
 def test_shipped_configs_are_the_full_sd21_base_architecture():
     """On the meta device: the real sizes without allocating 4 GB."""
     with torch.device("meta"):
-        model = SDFlowSRModel.from_configs(SD21_CONFIG_DIR)
+        model = SDFlowSRModel.from_configs(SD21_BASE.config_dir)
     assert sum(p.numel() for p in model.unet.parameters()) == 865_910_724
     assert sum(p.numel() for p in model.vae.parameters()) == 83_653_863
     assert model.prompt_embedding.shape == (1, 77, 1024) and model.scaling_factor == 0.18215
