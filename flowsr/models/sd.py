@@ -17,7 +17,7 @@ from .. import flow
 from ..families import SD21_BASE
 from .base import FlowSRModel
 
-#: The prompt the public weights were trained with (FLOWSR.md section 2).
+#: The prompt the public weights were trained with (docs/FORMAT.md).
 POSITIVE_PROMPT = ("A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, "
                    "and natural lighting.")
 

@@ -1,4 +1,4 @@
-"""End to end on a tiny SD model: the pipeline against FLOWSR.md section 2 written out with plain
+"""End to end on a tiny SD model: the pipeline against docs/FORMAT.md's conventions written out with plain
 diffusers / transformers / peft calls, and tiled against untiled."""
 import json
 
@@ -14,7 +14,7 @@ from flowsr.models.sd import POSITIVE_PROMPT
 
 
 def load_reference_components(folder, lora_file):
-    """Base components from the diffusers folder with the public LoRA applied as FLOWSR.md describes."""
+    """Base components from the diffusers folder with the public LoRA applied as docs/FORMAT.md describes."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from peft import LoraConfig, inject_adapter_in_model
     from transformers import CLIPTextModel, CLIPTokenizer

@@ -89,7 +89,7 @@ def test_velocity_is_the_unet_at_timestep_1000_t_with_the_prompt(model):
 
 
 def test_one_euler_step_gives_lr_minus_velocity(model):
-    """With the flow math: x_hr = x_lr - v(x_lr, 1) (FLOWSR.md section 1)."""
+    """With the flow math: x_hr = x_lr - v(x_lr, 1) (docs/METHOD.md)."""
     x_lr = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
         x_hr = flow.sample(model.velocity, x_lr, flow.uniform_schedule(1))
