@@ -11,9 +11,10 @@ loads it in a fresh process per way, one after the other, and prints peak memory
 - ``diffusers-parts``: ``UNet2DConditionModel.from_single_file`` + ``AutoencoderKL.from_single_file``;
 - ``diffusers-pipeline``: ``StableDiffusionPipeline.from_single_file`` (all parts, the text encoder included).
 
-Peak memory is the process's peak resident set (``ru_maxrss``, which also counts the file's pages that a
-memory map touched) and the peak of its anonymous memory (``RssAnon``, sampled every 5 ms), which is what
-cannot be given back to the page cache.
+Seconds are the load call's; then one value per memory page of every weight is read, because safetensors
+may leave weights memory-mapped until first used. Peak memory is then the process's peak resident set
+(``ru_maxrss``, which counts the file's mapped pages too) and the peak of its anonymous memory (``RssAnon``,
+sampled every 5 ms), which is what cannot be given back to the page cache.
 """
 from __future__ import annotations
 
@@ -159,6 +160,14 @@ def load(way: str, path: Path) -> list:
     return [pipe.unet, pipe.vae, pipe.text_encoder]
 
 
+def touch(parameter) -> int:
+    """Read one value per memory page: weights left memory-mapped by the loader become resident, as they are
+    when the model first runs, so every way is measured with its weights in memory."""
+    flat = parameter.detach().reshape(-1)
+    flat[::1024].sum().item()
+    return flat.numel()
+
+
 def measure(way: str, path: Path) -> dict:
     import diffusers
     import torch
@@ -172,8 +181,8 @@ def measure(way: str, path: Path) -> dict:
     except Exception as failure:  # a way this diffusers version cannot do is reported, not fatal
         parts, error = [], f"{type(failure).__name__}: {str(failure)[:300]}"
     seconds = time.perf_counter() - start
+    parameters = sum(touch(p) for part in parts for p in part.parameters())
     peak_anon = anon.stop()
-    parameters = sum(p.numel() for part in parts for p in part.parameters())
     return {"way": way, "seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "peak_anon": peak_anon, "parameters": parameters, "parts": [type(p).__name__ for p in parts],
             "error": error, "versions": f"diffusers {diffusers.__version__}, transformers "
