@@ -22,7 +22,7 @@ import flowsr  # noqa: E402
 from flowsr.checkpoint import FLOWSR_LORA, read_safetensors_header  # noqa: E402
 from flowsr.color import COLOR_FIXES  # noqa: E402
 from flowsr.flow import SCHEDULES  # noqa: E402
-from flowsr.pipeline import MAX_SCALE, MIN_SCALE  # noqa: E402
+from flowsr.options import SCALE  # noqa: E402
 from modules import devices, paths, shared  # noqa: E402
 from modules.upscaler import Upscaler, UpscalerData  # noqa: E402
 
@@ -246,7 +246,7 @@ class UpscalerFlowSR(Upscaler):
                 bar.update(done - bar.n)
 
             return pipeline.upscale(
-                img, scale=min(max(float(self.scale), MIN_SCALE), MAX_SCALE), steps=int(setting("flowsr_steps")),
+                img, scale=min(max(float(self.scale), SCALE.minimum), SCALE.maximum), steps=int(setting("flowsr_steps")),
                 schedule=setting("flowsr_schedule"), tile_size=tile_size, tile_overlap=overlap,
                 color_fix=setting("flowsr_color_fix"), progress=progress, cancel=interrupted)
 
