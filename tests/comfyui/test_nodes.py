@@ -85,7 +85,7 @@ def test_auto_dtype_follows_comfyui_and_the_model_is_managed_by_it(run, tiny_mod
 
     model = run("FlowSRLoader", flowsr_weights=tiny_model_file.name, base_model="none", dtype="auto")
     assert model.pipeline.model.dtype == torch.float32  # ComfyUI says: no half precision on the CPU
-    assert isinstance(model.patcher.model, pack.nodes.host.FlowSRModule)
+    assert isinstance(model.patcher.model, pack.nodes.host.FlowSRForModelPatcher)
     assert model.patcher.model.flowsr is model.pipeline.model
     run("FlowSRUpscale", flowsr_model=model, image=make_image(height=16, width=16), **UPSCALE_DEFAULTS)
     call = mm.load_calls[-1]
