@@ -106,9 +106,9 @@ def run_upscale(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from .checkpoint import check
+    from .check import check_weights
 
-    report = check(args.file)
+    report = check_weights(args.file)
     print(report.text)
     return EXIT_OK if report.ok else EXIT_BAD_INPUT
 

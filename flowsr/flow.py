@@ -1,6 +1,6 @@
 """The rectified flow between a low- and a high-resolution latent, as tiny functions over tensors.
 
-Convention (FLOWSR.md section 1): ``t = 0`` is the high-resolution latent, ``t = 1`` the low-resolution one,
+Convention (docs/METHOD.md): ``t = 0`` is the high-resolution latent, ``t = 1`` the low-resolution one,
 ``x_t = (1 - t) x_hr + t x_lr`` and the network predicts the constant velocity ``v = x_lr - x_hr``.
 Inference integrates from ``t = 1`` down to ``t = 0``; training uses the same functions to build its targets,
 so the math exists once.

@@ -16,11 +16,12 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import (BASE_MODEL_HELP, FLOWSR_LORA, FLOWSR_MODEL, apply_checkpoint, parse_checkpoint,
-                         read_safetensors_header)
 from .devices import resolve_device, resolve_dtype
 from .errors import CheckpointError
+from .families import FAMILIES, BaseModelFamily, base_model_help, family_for_width
+from .lora import apply_lora, parse_lora
 from .models.base import FlowSRModel
+from .weights_file import FLOWSR_LORA, FLOWSR_MODEL, read_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -59,41 +60,41 @@ def _load_on_cpu(checkpoint: Optional[PathLike], base_model: Optional[PathLike],
                                   "FlowSR weights too (--checkpoint flowsr.safetensors, from the hub repo "
                                   "chunjie-spring/FlowSR)")
         return tiny.load_builtin()
-    file = read_safetensors_header(checkpoint)
+    file = read_weights_file(checkpoint)
     if file.kind == FLOWSR_MODEL:
         if base_model is not None:
             logger.warning("%s is a full FlowSR model; the base model %s is not used", file.path, base_model)
         return tiny.load_tiny(file.path)
-    lora = parse_checkpoint(file)  # raises for a file of another kind, saying what it is
+    lora = parse_lora(file)  # raises for a file of another kind, saying what it is
     if lora.problems:
         raise CheckpointError(f"{file.path} is not a usable FlowSR checkpoint: " + "; ".join(lora.problems))
+    family = family_for_width(lora.cross_attention_width) or FAMILIES[0]  # another width: apply_lora names it
     if base_model is None:
         raise CheckpointError(f"{file.path} holds FlowSR's LoRA weights, which apply to a base model: pass one "
-                              f"with --base-model (base_model=...). {BASE_MODEL_HELP}")
-    unet, vae, text_encoder, tokenizer = load_base_components(base_model, allow_download)
-    apply_checkpoint(lora, unet, vae, merge=merge_lora)
-    from .models.sd import SDFlowSRModel
-
-    return SDFlowSRModel.from_components(unet, vae, text_encoder, tokenizer)
+                              f"with --base-model (base_model=...). {family.help}")
+    unet, vae, text_encoder, tokenizer = load_base_components(base_model, allow_download, family)
+    apply_lora(lora, unet, vae, merge=merge_lora)
+    return family.load_model_class().from_components(unet, vae, text_encoder, tokenizer)
 
 
-def load_base_components(base_model: PathLike, allow_download: bool = False):
-    """``(unet, vae, text_encoder, tokenizer)`` of SD 2.1-base, in fp32 on the CPU."""
+def load_base_components(base_model: PathLike, allow_download: bool = False,
+                         family: BaseModelFamily = FAMILIES[0]):
+    """``(unet, vae, text_encoder, tokenizer)`` of the base model, in fp32 on the CPU."""
     path = Path(base_model).expanduser()
     if path.is_dir():
         return load_diffusers_folder(path)
     if path.is_file():
-        file = read_safetensors_header(path)
+        file = read_weights_file(path)
         if file.kind == FLOWSR_LORA:
             raise CheckpointError(f"{path} is FlowSR's checkpoint, not a base model: pass it as --checkpoint, "
-                                  f"and SD 2.1-base as --base-model. {BASE_MODEL_HELP}")
+                                  f"and {family.name} as --base-model. {family.help}")
         from .models.single_file import load_single_file_components
 
-        return load_single_file_components(path)
+        return load_single_file_components(path, config=family.config_dir)
     if _HUB_ID.match(str(base_model)):
         return load_diffusers_folder(hub_snapshot(str(base_model), allow_download))
     raise CheckpointError(f"base model {base_model} not found: it is no folder, no file and no hub id "
-                          f"(owner/name). {BASE_MODEL_HELP}")
+                          f"(owner/name). {family.help}")
 
 
 def load_diffusers_folder(folder: PathLike):
@@ -105,7 +106,7 @@ def load_diffusers_folder(folder: PathLike):
     missing = [name for name in BASE_MODEL_FOLDERS if not (folder / name).is_dir()]
     if missing:
         raise CheckpointError(f"{folder} is not a Stable Diffusion diffusers folder: it lacks "
-                              f"{', '.join(missing)}. {BASE_MODEL_HELP}")
+                              f"{', '.join(missing)}. {base_model_help()}")
     options = dict(use_safetensors=True, local_files_only=True)
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **options)
@@ -131,7 +132,7 @@ def hub_snapshot(repo_id: str, allow_download: bool) -> Path:
                 f"base model {repo_id} is not in the local Hugging Face cache, and downloads are off: allow "
                 "them (allow_download=True; on the command line --allow-download), or download it once with "
                 f"`hf download {repo_id}`, or pass a local folder or single .safetensors file instead. "
-                f"{BASE_MODEL_HELP}") from None
+                f"{base_model_help()}") from None
         raise CheckpointError(f"could not download base model {repo_id} ({type(error).__name__}: {error}); "
                               "check the network and the repo name, or pass a local folder or single "
                               ".safetensors file instead") from None

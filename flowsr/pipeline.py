@@ -1,6 +1,6 @@
 """The FlowSR pipeline: LR image -> bilinear resize -> latent -> Euler steps of the flow -> decode -> colour fix.
 
-One network evaluation with the default single step (FLOWSR.md section 2): ``x_hr = x_lr - v(x_lr, 1)``.
+One network evaluation with the default single step (docs/METHOD.md): ``x_hr = x_lr - v(x_lr, 1)``.
 Large images are processed in overlapping latent tiles, and the autoencoder in tiles too, so memory depends
 on the tile size; on accelerator out-of-memory the tiles shrink and the image is tried again.
 """

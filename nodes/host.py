@@ -20,6 +20,7 @@ from comfy.model_patcher import ModelPatcher
 from .. import flowsr
 from ..flowsr.devices import resolve_dtype
 from ..flowsr.options import DTYPE, UPSCALE_OPTIONS, check_option, check_upscale_options
+from ..flowsr.families import SD21_BASE
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def weight_choices() -> list[str]:
 
 
 def base_model_choices() -> list[str]:
-    """SD 2.1-base candidates: single .safetensors checkpoints, then diffusers folders."""
+    """Base model candidates: single .safetensors checkpoints, then diffusers folders."""
     checkpoints = [name for name in folder_paths.get_filename_list("checkpoints")
                    if os.path.splitext(name)[1].lower() in WEIGHT_EXTENSIONS]
     return [NO_BASE_MODEL, *checkpoints, *(DIFFUSERS_PREFIX + name for name in _diffusers_folders())]
@@ -164,8 +165,8 @@ def _file_identity(path: Optional[str]) -> Optional[tuple]:
 
 def _where_files_go() -> str:
     weights = ", ".join(folder_paths.get_folder_paths(MODEL_FOLDER))
-    return (f"In ComfyUI: flowsr.safetensors goes in {weights}; the SD 2.1-base model it applies to "
-            "(v2-1_512-ema-pruned.safetensors) in models/checkpoints, or as a diffusers folder in models/diffusers.")
+    return (f"In ComfyUI: flowsr.safetensors goes in {weights}; the {SD21_BASE.name} model it applies to "
+            f"({SD21_BASE.single_file}) in models/checkpoints, or as a diffusers folder in models/diffusers.")
 
 
 def upscale(flowsr_model: LoadedFlowSR, image, scale: float, tile_size: int, tile_overlap: int, color_fix: str,

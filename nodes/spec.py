@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 
 from .. import flowsr
 from ..flowsr import options as flowsr_options
+from ..flowsr.families import SD21_BASE
 from . import host
 
 CATEGORY = "image/upscaling"
@@ -76,16 +77,16 @@ IMAGE_OUTPUT = Param("IMAGE", "IMAGE", "The upscaled images.")
 LOADER = NodeSpec(
     node_id="FlowSRLoader",
     display_name="Load FlowSR Model",
-    description="Loads FlowSR super-resolution weights (and the SD 2.1-base model they apply to) for the "
+    description=f"Loads FlowSR super-resolution weights (and the {SD21_BASE.name} model they apply to) for the "
                 "FlowSR Upscale and FlowSR Refine nodes. Loading the same files again reuses the loaded model.",
     inputs=(
         Param("flowsr_weights", "COMBO",
               f"'{flowsr.BUILTIN_MODEL_NAME}' is a small model inside the node pack that needs nothing else. "
               "flowsr.safetensors (Hugging Face: chunjie-spring/FlowSR), placed in models/flowsr, is the "
-              "published model: it applies to the SD 2.1-base model chosen below.",
+              f"published model: it applies to the {SD21_BASE.name} model chosen below.",
               default=flowsr.BUILTIN_MODEL_NAME, options=host.weight_choices),
         Param("base_model", "COMBO",
-              "Stable Diffusion 2.1-base for flowsr.safetensors: the single file v2-1_512-ema-pruned.safetensors "
+              f"{SD21_BASE.full_name} for flowsr.safetensors: the single file {SD21_BASE.single_file} "
               f"from models/checkpoints, or a diffusers folder from models/diffusers ('{host.DIFFUSERS_PREFIX}...'). "
               f"'{host.NO_BASE_MODEL}' for the built-in model.",
               default=host.NO_BASE_MODEL, options=host.base_model_choices),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -20,9 +19,10 @@ if EXTENSION_ROOT not in sys.path:
     sys.path.append(EXTENSION_ROOT)
 
 import flowsr  # noqa: E402
-from flowsr.checkpoint import FLOWSR_LORA, read_safetensors_header  # noqa: E402
+from flowsr.families import SD21_BASE  # noqa: E402
 from flowsr.options import (AUTOMATIC, COLOR_FIX, DTYPE, SCALE, SCHEDULE, STEPS, TILE_OVERLAP, TILE_SIZE,  # noqa: E402
                             Option, check_option)
+from flowsr.weights_file import FLOWSR_LORA, read_weights_file  # noqa: E402
 from modules import devices, paths, shared  # noqa: E402
 from modules.upscaler import Upscaler, UpscalerData  # noqa: E402
 
@@ -31,9 +31,6 @@ from modules.upscaler import Upscaler, UpscalerData  # noqa: E402
 BUILTIN = "<flowsr built-in>"
 DEFAULT_WEIGHTS = "flowsr.safetensors"
 WEIGHTS_SOURCE = "the Hugging Face repo chunjie-spring/FlowSR"
-BASE_MODEL_FILE = "v2-1_512-ema-pruned.safetensors"
-#: SD 2.1-base single files: v2-1_512-ema-pruned.safetensors and the usual renamings of it.
-SD21_BASE_NAME = re.compile(r"v2-1_512|2[-_.]?1[-_]base", re.IGNORECASE)
 #: Each weights file is listed once per scale: A1111 sets its "Scale by" slider from the "4x" in a name.
 LISTED_SCALES = (4, 2)
 SETTINGS_SECTION = ("upscaling", "Upscaling", "postprocessing")
@@ -66,8 +63,9 @@ SETTINGS = {
     "flowsr_schedule": option_setting(SCHEDULE, "FlowSR schedule for more than one step"),
     "flowsr_dtype": option_setting(DTYPE, "FlowSR precision", "auto = bf16 on CUDA where supported; always fp32 on "
                                                               "the CPU and fp32 with --no-half"),
-    "flowsr_base_model": Setting("", "SD 2.1-base model for FlowSR", "Textbox", None,
-                                 f"a file in models/Stable-diffusion or a full path; empty = find {BASE_MODEL_FILE}"),
+    "flowsr_base_model": Setting("", f"{SD21_BASE.name} model for FlowSR", "Textbox", None,
+                                 "a file in models/Stable-diffusion or a full path; "
+                                 f"empty = find {SD21_BASE.single_file}"),
     "flowsr_keep_loaded": Setting(True, "Keep the FlowSR model in RAM between uses", "Checkbox"),
 }
 #: A hidden setting marking settings saved since tile size 0 means "no tiling" (before, 0 was automatic).
@@ -221,7 +219,7 @@ class UpscalerFlowSR(Upscaler):
     def weights_files(self) -> list[str]:
         """Weights in the FlowSR folders; an SD base model put there is not one."""
         files = self.find_models(ext_filter=[".safetensors"])
-        return [f for f in files if not SD21_BASE_NAME.search(os.path.basename(f))]
+        return [f for f in files if not SD21_BASE.file_name_pattern.search(os.path.basename(f))]
 
     def list_entries(self) -> list:
         files = self.weights_files()
@@ -245,7 +243,7 @@ class UpscalerFlowSR(Upscaler):
         if not os.path.isfile(checkpoint):
             raise flowsr.CheckpointError(f"FlowSR weights {checkpoint} are gone: put the file back into {folder}, "
                                          "or pick another FlowSR upscaler")
-        if read_safetensors_header(checkpoint).kind != FLOWSR_LORA:
+        if read_weights_file(checkpoint).kind != FLOWSR_LORA:
             return checkpoint, None  # a full model needs no base; a wrong file gets flowsr's own message
         return checkpoint, self.find_base_model()
 
@@ -258,15 +256,15 @@ class UpscalerFlowSR(Upscaler):
             if found is None:
                 raise flowsr.CheckpointError(
                     f"the FlowSR base model '{configured}' (Settings > Upscaling) is neither a path nor a file in "
-                    f"{sd_dirs[0]}: correct the setting, or clear it to look for {BASE_MODEL_FILE}")
+                    f"{sd_dirs[0]}: correct the setting, or clear it to look for {SD21_BASE.single_file}")
             return found
         for folder in [*self.model_dirs(), *sd_dirs]:
             for file in shared.walk_files(folder, allowed_extensions=[".safetensors"]):
-                if SD21_BASE_NAME.search(os.path.basename(file)):
+                if SD21_BASE.file_name_pattern.search(os.path.basename(file)):
                     return file
         raise flowsr.CheckpointError(
-            f"FlowSR needs the Stable Diffusion 2.1-base model: put {BASE_MODEL_FILE} into {sd_dirs[-1]}, or set "
-            "its path in Settings > Upscaling > 'SD 2.1-base model for FlowSR'")
+            f"FlowSR needs the {SD21_BASE.full_name} model: put {SD21_BASE.single_file} into {sd_dirs[-1]}, or set "
+            f"its path in Settings > Upscaling > '{SD21_BASE.name} model for FlowSR'")
 
     def load(self, checkpoint: Optional[str], base_model: Optional[str]) -> flowsr.FlowSRPipeline:
         """The pipeline on the device A1111 assigns, kept between uses while its inputs stay the same."""

@@ -6,7 +6,7 @@ sees exactly the data it would have seen.
 
 Samples hold 8-bit tensors (small to move between processes); :func:`to_model_inputs` makes the float HR
 image and the LR image resized to the HR size with bilinear interpolation, the pipeline's convention
-(FLOWSR.md section 2).
+(docs/FORMAT.md).
 """
 from __future__ import annotations
 

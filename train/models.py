@@ -5,7 +5,7 @@ Two kinds (``model.type``):
 - ``tiny``: flowsr's built-in architecture (:class:`flowsr.models.tiny.TinyFlowSR`), trained in full and
   exported in our full-model format (``save_tiny``);
 - ``sd``: SD 2.1-base with peft LoRA on the UNet (adapter ``default``) and optionally on the VAE encoder
-  (adapter ``vae_skip``), exported as the public ``flowsr.safetensors`` (``save_lora_checkpoint``).
+  (adapter ``vae_skip``), exported as the public ``flowsr.safetensors`` (``save_lora``).
 
 Both load back unchanged through ``flowsr.loading.load_model`` and the CLI.
 """
@@ -22,8 +22,8 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import nn
 
-from flowsr.checkpoint import (UNET_ADAPTER, VAE_ADAPTER, add_lora, apply_checkpoint, lora_state_dict, merge_lora,
-                               read_checkpoint, save_lora_checkpoint)
+from flowsr.lora import (UNET_ADAPTER, VAE_ADAPTER, add_lora, apply_lora, lora_state_dict, merge_lora, read_lora,
+                         save_lora)
 from flowsr.loading import load_base_components
 from flowsr.models.base import FlowSRModel
 from flowsr.models.sd import SDFlowSRModel
@@ -79,11 +79,11 @@ def _build_sd(config: dict, base_components) -> BuiltModel:
         base_components = load_base_components(config["base_model"])
     unet, vae, text_encoder, tokenizer = base_components
     if config["init"]:
-        checkpoint = read_checkpoint(config["init"])
-        apply_checkpoint(checkpoint, unet, vae, merge=False)   # adapters as stored, kept trainable
-        lora = LoraSetup(checkpoint.unet.rank, checkpoint.unet.target_modules,
-                         checkpoint.vae.rank if checkpoint.vae else None,
-                         checkpoint.vae.target_modules if checkpoint.vae else None)
+        initial = read_lora(config["init"])
+        apply_lora(initial, unet, vae, merge=False)   # adapters as stored, kept trainable
+        lora = LoraSetup(initial.unet.rank, initial.unet.target_modules,
+                         initial.vae.rank if initial.vae else None,
+                         initial.vae.target_modules if initial.vae else None)
         logger.info("SD model initialised from %s (UNet LoRA rank %d%s); model.*_lora settings are not used",
                     config["init"], lora.unet_rank, f", VAE LoRA rank {lora.vae_rank}" if lora.vae_rank else "")
     else:
@@ -184,8 +184,8 @@ def export_model(built: BuiltModel, path: str | Path, dtype: str = "fp32",
         lora = built.lora
         unet_state = lora_state_dict(model.denoiser, UNET_ADAPTER)
         vae_state = lora_state_dict(model.autoencoder, VAE_ADAPTER) if lora.vae_rank else None
-        save_lora_checkpoint(temporary, unet_state, lora.unet_rank, lora.unet_targets, vae_state=vae_state,
-                             vae_rank=lora.vae_rank, vae_target_modules=lora.vae_targets,
-                             dtype=EXPORT_DTYPES[dtype], metadata=metadata)
+        save_lora(temporary, unet_state, lora.unet_rank, lora.unet_targets, vae_state=vae_state,
+                  vae_rank=lora.vae_rank, vae_target_modules=lora.vae_targets,
+                  dtype=EXPORT_DTYPES[dtype], metadata=metadata)
     os.replace(temporary, path)
     return path

@@ -1,6 +1,6 @@
 """The two training objectives over one batch: stage 1 (SR-flow) and stage 2 (consistency distillation).
 
-FLOWSR.md section 1 is the reference; the flow math comes from :mod:`flowsr.flow`. Each objective returns
+docs/METHOD.md is the reference; the flow math comes from :mod:`flowsr.flow`. Each objective returns
 named loss terms; the loop in :mod:`train.train` does the backward passes and optimiser steps.
 """
 from __future__ import annotations
@@ -138,7 +138,7 @@ class Stage2Parts:
 
 
 class Stage2:
-    """Consistency SR-flow distillation (FLOWSR.md section 1).
+    """Consistency SR-flow distillation (docs/METHOD.md).
 
     For pairs ``t < t'``: ``x_t'`` on the path, the teacher's Euler step ``xhat_t``, then
     ``L_cd = d(dec f_theta(x_t', t'), dec f_theta-(xhat_t, t))``, ``L_hr = d(dec f_theta(xhat_t, t), X_HR)``,

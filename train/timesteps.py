@@ -1,6 +1,6 @@
 """Flow times for training: one ``t`` per sample in stage 1, pairs ``t < t'`` in stage 2.
 
-Stage 2's fast-slow scheduling (FLOWSR.md section 1): a fast grid of ``n_fast`` steps (``k / n_fast``) and a
+Stage 2's fast-slow scheduling (docs/METHOD.md): a fast grid of ``n_fast`` steps (``k / n_fast``) and a
 slow one of ``n_slow`` steps. How a pair combines them is configurable, with a probability per rule:
 
 - ``slow_to_fast`` ("flexible jumps"): ``t'`` on the slow grid, ``t`` the next fast-grid point below it;

@@ -14,14 +14,12 @@ import torch
 from torch import nn
 
 from .. import flow
+from ..families import SD21_BASE
 from .base import FlowSRModel
 
-#: The prompt the public weights were trained with (FLOWSR.md section 2).
+#: The prompt the public weights were trained with (docs/FORMAT.md).
 POSITIVE_PROMPT = ("A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, "
                    "and natural lighting.")
-
-#: Configs of SD 2.1-base's UNet, VAE and text encoder, shipped with the package.
-SD21_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd21-base"
 
 
 @torch.no_grad()
@@ -58,7 +56,7 @@ class SDFlowSRModel(FlowSRModel):
         return cls(unet, vae, encode_prompt(text_encoder, tokenizer, prompt).float().cpu())
 
     @classmethod
-    def from_configs(cls, config_dir: str | Path = SD21_CONFIG_DIR, seed: int = 0) -> "SDFlowSRModel":
+    def from_configs(cls, config_dir: str | Path = SD21_BASE.config_dir, seed: int = 0) -> "SDFlowSRModel":
         """The full architecture with random weights (benchmarks: speed does not depend on the values).
 
         ``config_dir`` holds ``unet/config.json`` and ``vae/config.json`` in the diffusers layout; the prompt

@@ -22,9 +22,10 @@ from torch import nn
 
 from .. import flow
 from ..errors import CheckpointError
+from ..weights_file import FLOWSR_MODEL_KEY as METADATA_KEY
+from ..weights_file import load_exactly
 from .base import FlowSRModel
 
-METADATA_KEY = "flowsr_model"
 BUILTIN_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "flowsr_tiny.safetensors"
 
 #: The built-in model's architecture (the configs in train/configs/tiny_*.yaml build the same).
@@ -100,10 +101,8 @@ def load_tiny(path: str | Path) -> TinyFlowSR:
     model = TinyFlowSR(entry["config"])
     with safe_open(str(path), framework="pt") as f:
         state = {k: f.get_tensor(k).float() for k in f.keys()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path} does not match its own config: missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]}; the file is damaged, download it again")
+    load_exactly(model, state, str(path), "The file does not match its own config: it is damaged, "
+                 "download it again", complete=True)
     return model.eval()
 
 

@@ -4,9 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
-from flowsr import BUILTIN_MODEL_NAME, FlowSRPipeline
+from flowsr import FlowSRPipeline
 from flowsr.models.tiny import BUILTIN_WEIGHTS
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "honey-bee.png"
@@ -23,9 +25,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_builtin_weights_ship_small_and_load_without_arguments(builtin):
+    """No arguments give exactly the shipped weights, in fp32 on the CPU (``auto`` there), ready to run."""
     assert BUILTIN_WEIGHTS.stat().st_size < 25 * 2 ** 20
-    assert BUILTIN_MODEL_NAME == "FlowSR tiny (built-in)"
-    assert builtin.model.dtype.is_floating_point and str(builtin.model.device) == "cpu"
+    shipped = load_file(str(BUILTIN_WEIGHTS))
+    state = builtin.model.state_dict()
+    assert state.keys() == shipped.keys()
+    assert all(torch.equal(value, shipped[key].float()) for key, value in state.items())
+    assert {value.dtype for value in state.values()} == {torch.float32} and builtin.model.device.type == "cpu"
+    assert not builtin.model.training and not any(p.requires_grad for p in builtin.model.parameters())
 
 
 def test_builtin_upscales_the_example_and_changes_it_sensibly(builtin):

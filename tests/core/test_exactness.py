@@ -1,4 +1,4 @@
-"""End to end on a tiny SD model: the pipeline against FLOWSR.md section 2 written out with plain
+"""End to end on a tiny SD model: the pipeline against docs/FORMAT.md's conventions written out with plain
 diffusers / transformers / peft calls, and tiled against untiled."""
 import json
 
@@ -14,7 +14,7 @@ from flowsr.models.sd import POSITIVE_PROMPT
 
 
 def load_reference_components(folder, lora_file):
-    """Base components from the diffusers folder with the public LoRA applied as FLOWSR.md describes."""
+    """Base components from the diffusers folder with the public LoRA applied as docs/FORMAT.md describes."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from peft import LoraConfig, inject_adapter_in_model
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -84,16 +84,21 @@ def test_seed_samples_the_latent_and_is_reproducible(sd_pipeline):
     assert np.array_equal(first, again) and not np.array_equal(first, mean)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+def test_tiled_sd_pipeline_puts_every_tile_in_place(flowsr_lora_file, tiny_sd_folder):
+    """Tiles of the SD model's geometry (8 pixels per latent pixel, padding to 64) land where they belong.
 
-
-def test_tiled_sd_pipeline_puts_every_tile_in_place(sd_pipeline):
-    """A smoke bound only: random-weight networks mix information globally (untrained attention averages
-    everything), so tiles cannot match the whole here; misplaced or unblended tiles fall far below it.
-    The >= 35 dB seam criterion is checked on the trained built-in model (tests/core/test_builtin.py)."""
+    Random-weight networks mix information globally (attention, GroupNorm), so tiles cannot match the whole
+    with them; here the autoencoder and the velocity are local maps (an 8x8-patch encoder and decoder, a 3x3
+    convolution), for which tiling is exact: a tile one latent pixel out of place changes the output. The
+    seam criterion of a trained model is checked on the built-in one (tests/core/test_builtin.py)."""
+    pipe = FlowSRPipeline.from_pretrained(flowsr_lora_file, tiny_sd_folder, device="cpu", dtype="fp32")
+    generator = torch.Generator().manual_seed(0)
+    encoder, decoder = (torch.randn(4, 3, 8, 8, generator=generator) * 0.05 for _ in range(2))
+    kernel = torch.randn(4, 4, 3, 3, generator=generator) * 0.1
+    pipe.model.encode = lambda pixels, generator=None: F.conv2d(pixels, encoder, stride=8)
+    pipe.model.decode = lambda latent: F.conv_transpose2d(latent, decoder, stride=8)
+    pipe.model.velocity = lambda x_t, t: F.conv2d(x_t, kernel, padding=1)
     image = photo_like(48, 64, seed=1)  # latent 24 x 32: tiles of 16 with overlap 8 split it both ways
-    whole = np.asarray(sd_pipeline.upscale(image, tile_size=0))
-    tiled = np.asarray(sd_pipeline.upscale(image, tile_size=16, tile_overlap=8, tile_batch=2))
-    assert tiled.shape == whole.shape and psnr(whole, tiled) >= 14
+    whole = np.asarray(pipe.upscale(image, tile_size=0, color_fix="none")).astype(int)
+    tiled = np.asarray(pipe.upscale(image, tile_size=16, tile_overlap=8, tile_batch=2, color_fix="none"))
+    assert whole.std() > 5 and np.abs(whole - tiled).max() <= 1

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import save_file
 from tests.conftest import make_unet, make_vae
 
-from flowsr import checkpoint as ckpt
+from flowsr.lora import apply_lora, read_lora
 from flowsr.errors import CheckpointError
+from flowsr.families import SD21_BASE
 from flowsr.loading import BASE_MODEL_FILES, load_model
 from flowsr.models import tiny
 from flowsr.models.sd import SDFlowSRModel
@@ -57,7 +58,7 @@ def test_lora_on_a_diffusers_folder(tiny_sd_model, flowsr_lora_file, make_sd_com
     assert isinstance(tiny_sd_model, SDFlowSRModel)
     assert tiny_sd_model.device == torch.device("cpu") and tiny_sd_model.dtype == torch.float32
     unet, vae, text_encoder, tokenizer = make_sd_components()
-    ckpt.apply_checkpoint(ckpt.read_checkpoint(flowsr_lora_file), unet, vae, merge=False)
+    apply_lora(read_lora(flowsr_lora_file), unet, vae, merge=False)
     by_hand = SDFlowSRModel.from_components(unet, vae, text_encoder, tokenizer)
     assert torch.allclose(velocity_of(tiny_sd_model), velocity_of(by_hand), atol=1e-5)
     assert torch.equal(tiny_sd_model.prompt_embedding, by_hand.prompt_embedding)
@@ -216,14 +217,14 @@ def test_single_file_base_model_goes_through_the_ldm_converter(flowsr_lora_file,
     save_file({"model.diffusion_model.out.2.weight": torch.zeros(1)}, str(base))
     seen = []
 
-    def convert(path):
-        seen.append(path)
+    def convert(path, config):
+        seen.append((path, config))
         return make_sd_components()
 
     monkeypatch.setitem(sys.modules, "flowsr.models.single_file",
                         types.SimpleNamespace(load_single_file_components=convert))
     model = load_model(flowsr_lora_file, base, device="cpu", dtype="fp32")
-    assert seen == [base]
+    assert seen == [(base, SD21_BASE.config_dir)]  # the family's shipped configs
     assert torch.allclose(velocity_of(model), velocity_of(tiny_sd_model), atol=1e-6)
 
 

@@ -13,7 +13,7 @@ from flowsr.pipeline import Tiling, pad_to_multiple
 
 
 def reference_upscale(model, lr, scale, times):
-    """FLOWSR.md section 2, written out plainly: resize, pad, encode, Euler, decode, crop."""
+    """docs/FORMAT.md's conventions, written out plainly: resize, pad, encode, Euler, decode, crop."""
     height, width = round(lr.shape[-2] * scale), round(lr.shape[-1] * scale)
     x = F.interpolate(lr, size=(height, width), mode="bilinear", align_corners=False) * 2 - 1
     multiple = model.pad_multiple

@@ -8,7 +8,8 @@ import torch
 from tests.conftest import TEXT_WIDTH, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 
 from flowsr import flow
-from flowsr.models.sd import POSITIVE_PROMPT, SD21_CONFIG_DIR, SDFlowSRModel, encode_prompt
+from flowsr.families import SD21_BASE
+from flowsr.models.sd import POSITIVE_PROMPT, SDFlowSRModel, encode_prompt
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_velocity_is_the_unet_at_timestep_1000_t_with_the_prompt(model):
 
 
 def test_one_euler_step_gives_lr_minus_velocity(model):
-    """With the flow math: x_hr = x_lr - v(x_lr, 1) (FLOWSR.md section 1)."""
+    """With the flow math: x_hr = x_lr - v(x_lr, 1) (docs/METHOD.md)."""
     x_lr = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
         x_hr = flow.sample(model.velocity, x_lr, flow.uniform_schedule(1))
@@ -120,7 +121,7 @@ def test_from_configs_builds_random_weights_from_a_config_folder(tmp_path):
 def test_shipped_configs_are_the_full_sd21_base_architecture():
     """On the meta device: the real sizes without allocating 4 GB."""
     with torch.device("meta"):
-        model = SDFlowSRModel.from_configs(SD21_CONFIG_DIR)
+        model = SDFlowSRModel.from_configs(SD21_BASE.config_dir)
     assert sum(p.numel() for p in model.unet.parameters()) == 865_910_724
     assert sum(p.numel() for p in model.vae.parameters()) == 83_653_863
     assert model.prompt_embedding.shape == (1, 77, 1024) and model.scaling_factor == 0.18215

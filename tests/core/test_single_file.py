@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import shutil
 from collections import OrderedDict
 from pathlib import Path
@@ -22,7 +21,9 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from flowsr.errors import CheckpointError
-from flowsr.models.single_file import SD21_BASE_CONFIG, check_single_file, load_single_file_components
+from flowsr.families import SD21_BASE
+from flowsr.models.single_file import check_single_file, load_single_file_components
+from tests.ldm_layout import ldm_unet_key, ldm_vae_key
 
 LAYERS = 2
 UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=LAYERS, block_out_channels=(16, 32, 32),
@@ -35,52 +36,7 @@ VAE = dict(block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D
 TEXT = dict(width=16, heads=4, blocks=3, vocab=49408, context=77)  # the file holds one block more than used
 
 
-# --------------------------------------------------------------------------------------------- the inverse rules
-
-def ldm_unet_key(name: str) -> str:
-    """Diffusers UNet name -> LDM name (without the prefix)."""
-    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-    resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-              "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-    module, _, param = name.rpartition(".")
-    if module in fixed:
-        return f"{fixed[module]}.{param}"
-    if m := re.fullmatch(r"(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(\w+)", name):
-        return f"{_ldm_slot(m[1], int(m[2]), int(m[3]))}.0.{resnet[m[4]]}.{m[5]}"
-    if m := re.fullmatch(r"(down|up)_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", name):
-        return f"{_ldm_slot(m[1], int(m[2]), int(m[3]))}.1.{m[4]}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(\w+)", name):
-        return f"{_ldm_slot('down', int(m[1]), LAYERS)}.0.op.{m[2]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(.+)", name):
-        has_attention = UNET["up_block_types"][int(m[1])].startswith("CrossAttn")
-        return f"{_ldm_slot('up', int(m[1]), LAYERS)}.{2 if has_attention else 1}.{m[2]}"
-    if m := re.fullmatch(r"mid_block\.resnets\.(\d)\.(\w+)\.(\w+)", name):
-        return f"middle_block.{2 * int(m[1])}.{resnet[m[2]]}.{m[3]}"
-    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", name):
-        return f"middle_block.1.{m[1]}"
-    raise AssertionError(f"no LDM name for {name}")
-
-
-def _ldm_slot(side: str, block: int, index: int) -> str:
-    if side == "down":
-        return f"input_blocks.{1 + block * (LAYERS + 1) + index}"
-    return f"output_blocks.{block * (LAYERS + 1) + index}"
-
-
-def ldm_vae_key(name: str) -> str:
-    """Diffusers AutoencoderKL name -> LDM name (without the prefix)."""
-    levels = len(VAE["block_out_channels"])
-    attention = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-    name = name.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
-    name = re.sub(r"down_blocks\.(\d+)\.resnets\.", r"down.\1.block.", name)
-    name = re.sub(r"down_blocks\.(\d+)\.downsamplers\.0\.", r"down.\1.downsample.", name)
-    name = re.sub(r"up_blocks\.(\d+)\.resnets\.", lambda m: f"up.{levels - 1 - int(m[1])}.block.", name)
-    name = re.sub(r"up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"up.{levels - 1 - int(m[1])}.upsample.", name)
-    name = re.sub(r"mid_block\.resnets\.(\d)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", name)
-    return re.sub(r"mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.",
-                  lambda m: f"mid.attn_1.{attention[m[1]]}.", name)
-
+# --------------------------------------------------------------------------------------------- OpenCLIP
 
 class OpenClipBlock(nn.Module):
     """One residual block of OpenCLIP's text transformer, with its names."""
@@ -146,12 +102,15 @@ def tiny(tmp_path_factory):
                    num_hidden_layers=TEXT["blocks"] - 1, vocab_size=TEXT["vocab"], hidden_act="gelu",
                    max_position_embeddings=TEXT["context"], projection_dim=TEXT["width"], bos_token_id=0,
                    eos_token_id=2, pad_token_id=1).save_pretrained(config / "text_encoder")
-    shutil.copytree(SD21_BASE_CONFIG / "tokenizer", config / "tokenizer")
+    shutil.copytree(SD21_BASE.config_dir / "tokenizer", config / "tokenizer")
 
-    state = {"model.diffusion_model." + ldm_unet_key(k): v for k, v in unet.state_dict().items()}
+    attention_up = [kind.startswith("CrossAttn") for kind in UNET["up_block_types"]]
+    state = {"model.diffusion_model." + ldm_unet_key(k, LAYERS, attention_up): v
+             for k, v in unet.state_dict().items()}
     for k, v in vae.state_dict().items():
         is_attention_linear = ".attentions." in k and k.endswith("weight") and v.dim() == 2
-        state["first_stage_model." + ldm_vae_key(k)] = v[:, :, None, None] if is_attention_linear else v
+        name = "first_stage_model." + ldm_vae_key(k, len(VAE["block_out_channels"]))
+        state[name] = v[:, :, None, None] if is_attention_linear else v
     state.update({"cond_stage_model.model." + k: v for k, v in clip.state_dict().items()})
     state["cond_stage_model.model.logit_scale"] = torch.tensor(4.6)
     state["alphas_cumprod"] = torch.linspace(1, 0, 10)  # LDM files carry the schedule too
@@ -344,9 +303,9 @@ def test_other_widths_are_refused_before_loading(tiny, tmp_path):
 
 def test_shipped_configs_build_sd21_base_at_full_size():
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD21_BASE_CONFIG / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SD21_BASE_CONFIG / "vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(SD21_BASE_CONFIG / "text_encoder"))
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD21_BASE.config_dir / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SD21_BASE.config_dir / "vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(SD21_BASE.config_dir / "text_encoder"))
 
     def count(model):
         return sum(p.numel() for p in model.parameters())
@@ -361,7 +320,7 @@ def test_shipped_configs_build_sd21_base_at_full_size():
 
 def test_shipped_tokenizer_gives_clip_token_ids():
     """Ids as OpenAI CLIP's own BPE tokenizer gives them (checked against it when the vocabulary was made)."""
-    tokenizer = CLIPTokenizer.from_pretrained(str(SD21_BASE_CONFIG / "tokenizer"), local_files_only=True)
+    tokenizer = CLIPTokenizer.from_pretrained(str(SD21_BASE.config_dir / "tokenizer"), local_files_only=True)
     assert len(tokenizer) == 49408
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (49406, 49407, 0)
     assert tokenizer.model_max_length == 77
@@ -379,7 +338,7 @@ def test_shipped_tokenizer_gives_clip_token_ids():
 
 
 def test_shipped_tokenizer_folder_is_complete():
-    folder = SD21_BASE_CONFIG / "tokenizer"
+    folder = SD21_BASE.config_dir / "tokenizer"
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     merges = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
     assert len(vocab) == 49408 and sorted(vocab.values()) == list(range(49408))

@@ -1,4 +1,4 @@
-"""The public flowsr.safetensors format: parsing, exact application (alpha 8 / r), bad files, check, save."""
+"""The public flowsr.safetensors format: parsing, exact application (alpha 8 / r), bad metadata, save."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,9 @@ from peft import LoraConfig
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from flowsr import checkpoint as ckpt
+from flowsr import lora
+from flowsr.check import check_weights
+from flowsr.weights_file import FLOWSR_LORA_KEY, read_weights_file
 from flowsr.errors import CheckpointError
 
 ATTN_Q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
@@ -22,7 +24,7 @@ VAE_CONV = "encoder.down_blocks.0.resnets.0.conv1"
 def stored_state(path, group):
     """The file's tensors of one group keyed by their state-dict key, read independently of flowsr."""
     with safe_open(str(path), framework="pt") as f:
-        names = json.loads(f.metadata()[ckpt.METADATA_KEY])["tensor_names"][group]
+        names = json.loads(f.metadata()[FLOWSR_LORA_KEY])["tensor_names"][group]
         return {key: f.get_tensor(name) for name, key in names.items()}
 
 
@@ -33,7 +35,7 @@ def unet_inputs(batch=1):
 
 def apply_file(path, merge):
     unet, vae = make_unet(), make_vae()
-    ckpt.apply_checkpoint(ckpt.read_checkpoint(path), unet, vae, merge=merge)
+    lora.apply_lora(lora.read_lora(path), unet, vae, merge=merge)
     return unet, vae
 
 
@@ -43,14 +45,14 @@ def run_unet(unet, x, context):
 
 
 def test_parse_reads_ranks_targets_and_maps_vae_keys(flowsr_lora_file):
-    checkpoint = ckpt.read_checkpoint(flowsr_lora_file)
-    assert checkpoint.unet.rank == UNET_RANK and checkpoint.unet.target_modules == UNET_TARGETS
-    assert checkpoint.vae.rank == VAE_RANK and checkpoint.vae.target_modules == VAE_TARGETS
-    assert checkpoint.unet.scaling == 8 / UNET_RANK and checkpoint.vae.scaling == 8 / VAE_RANK
-    assert "conv_in.weight" in checkpoint.unet.tensor_names
-    assert f"{VAE_CONV}.lora_A.vae_skip.weight" in checkpoint.vae.tensor_names
-    assert not any(".default." in key for key in checkpoint.vae.tensor_names)
-    assert set(stored_state(flowsr_lora_file, "unet_state_dict")) == set(checkpoint.unet.tensor_names)
+    parsed = lora.read_lora(flowsr_lora_file)
+    assert parsed.unet.rank == UNET_RANK and parsed.unet.target_modules == UNET_TARGETS
+    assert parsed.vae.rank == VAE_RANK and parsed.vae.target_modules == VAE_TARGETS
+    assert parsed.unet.scaling == 8 / UNET_RANK and parsed.vae.scaling == 8 / VAE_RANK
+    assert "conv_in.weight" in parsed.unet.tensor_names
+    assert f"{VAE_CONV}.lora_A.vae_skip.weight" in parsed.vae.tensor_names
+    assert not any(".default." in key for key in parsed.vae.tensor_names)
+    assert set(stored_state(flowsr_lora_file, "unet_state_dict")) == set(parsed.unet.tensor_names)
 
 
 def test_unet_lora_scaling_is_peft_default_alpha_over_rank(flowsr_lora_file):
@@ -128,9 +130,9 @@ def test_regex_target_modules(tmp_path):
     path = write_flowsr_lora(tmp_path / "regex.safetensors", unet_targets=regex, vae_targets=None,
                              whole_weights=False)
     unet, vae = make_unet(), make_vae()
-    checkpoint = ckpt.read_checkpoint(path)
-    assert checkpoint.unet.target_modules == regex and checkpoint.vae is None
-    ckpt.apply_checkpoint(checkpoint, unet, vae, merge=False)
+    parsed = lora.read_lora(path)
+    assert parsed.unet.target_modules == regex and parsed.vae is None
+    lora.apply_lora(parsed, unet, vae, merge=False)
     adapted = {name.rsplit(".lora_A", 1)[0] for name in unet.state_dict() if ".lora_A." in name}
     assert adapted and all(name.endswith(("attn1.to_q", "attn2.to_q", "attn1.to_v", "attn2.to_v")) for name in adapted)
     assert len(adapted) == 16  # 4 transformer blocks (down 1, mid 1, up 2) x 2 attentions x (to_q, to_v)
@@ -169,63 +171,12 @@ def test_targets_missing_from_the_model(tmp_path):
         apply_file(path, merge=False)
 
 
-def write_raw(path, tensors, fields, names, metadata_key=ckpt.METADATA_KEY):
+def write_raw(path, tensors, fields, names, metadata_key=FLOWSR_LORA_KEY):
     save_file(tensors, str(path), metadata={metadata_key: json.dumps({"fields": fields, "tensor_names": names})})
     return path
 
 
-# ---------------------------------------------------------------------------------------------- bad files
-
-@pytest.mark.parametrize("content, message", [
-    (b"", "too few for a safetensors file"),
-    (b"PK\x03\x04" + b"\0" * 100, "pickled PyTorch file"),
-    (b"\x80\x02}q\x00" + b"\0" * 100, "pickled PyTorch file"),
-    (b"<!DOCTYPE html><html>Not found</html>" + b" " * 100, "web page"),
-    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n", "git-lfs pointer"),
-    (bytes(range(256)) * 4, "not a safetensors file"),
-    ((20).to_bytes(8, "little") + b"{not json at all!!!}", "corrupt safetensors header"),
-    ((6).to_bytes(8, "little") + b"[1, 2]", "corrupt safetensors header"),
-    ((24).to_bytes(8, "little") + b'{"a": {"dtype": "F32"}}\n', "corrupt safetensors header"),
-])
-def test_unreadable_files_say_what_they_are(tmp_path, content, message):
-    path = tmp_path / "bad.safetensors"
-    path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=message):
-        ckpt.read_checkpoint(path)
-    with pytest.raises(CheckpointError, match=message):
-        ckpt.describe(path)
-
-
-def test_truncated_file(tmp_path, flowsr_lora_file):
-    data = flowsr_lora_file.read_bytes()
-    path = tmp_path / "cut.safetensors"
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=rf"truncated: .* describes {len(data)} bytes but the file has "
-                                              rf"{len(data) // 2}.*download it again"):
-        ckpt.read_checkpoint(path)
-
-
-def test_missing_file_and_folder(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
-        ckpt.read_checkpoint(tmp_path / "nope.safetensors")
-    with pytest.raises(CheckpointError, match="is a folder"):
-        ckpt.read_checkpoint(tmp_path)
-
-
-@pytest.mark.parametrize("tensor_name, message", [
-    ("model.diffusion_model.input_blocks.0.0.weight", "looks like a base model .* pass it as --base-model"),
-    ("down_blocks.0.resnets.0.conv1.weight", "one component of a diffusers base model"),
-    ("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", "Stable Diffusion LoRA"),
-    ("something.else", "without FlowSR metadata"),
-])
-def test_files_of_other_kinds_are_named(tmp_path, tensor_name, message):
-    path = tmp_path / "other.safetensors"
-    save_file({tensor_name: torch.zeros(2)}, str(path))
-    with pytest.raises(CheckpointError, match=message):
-        ckpt.read_checkpoint(path)
-    report = ckpt.check(path)
-    assert not report.ok and any(__import__("re").search(message, p) for p in report.problems)
-
+# ---------------------------------------------------------------------------------------------- bad metadata
 
 @pytest.mark.parametrize("fields, names, message", [
     ({"unet_rank": 0, "unet_lora_target_modules": ["to_q"]}, {"unet_state_dict": {"a": "k"}}, "not a positive"),
@@ -239,71 +190,32 @@ def test_files_of_other_kinds_are_named(tmp_path, tensor_name, message):
 def test_inconsistent_metadata(tmp_path, fields, names, message):
     path = write_raw(tmp_path / "m.safetensors", {"a": torch.zeros(4, 32)}, fields, names)
     with pytest.raises(CheckpointError, match=message):
-        ckpt.read_checkpoint(path)
-    assert any(message.split(" ")[0] in p for p in ckpt.check(path).problems)
+        lora.read_lora(path)
+    assert any(message.split(" ")[0] in p for p in check_weights(path).problems)
 
 
 def test_corrupt_metadata_json(tmp_path):
     path = tmp_path / "m.safetensors"
-    save_file({"a": torch.zeros(1)}, str(path), metadata={ckpt.METADATA_KEY: "{broken"})
+    save_file({"a": torch.zeros(1)}, str(path), metadata={FLOWSR_LORA_KEY: "{broken"})
     with pytest.raises(CheckpointError, match="corrupt FlowSR metadata"):
-        ckpt.read_checkpoint(path)
-
-
-# ------------------------------------------------------------------------------------- check / describe
-
-def test_describe_lists_what_the_file_holds(flowsr_lora_file):
-    report = ckpt.check(flowsr_lora_file)
-    assert report.ok
-    text = ckpt.describe(flowsr_lora_file)
-    for expected in ["FlowSR checkpoint (public LoRA format)", "138 tensors", "rank 4, lora_alpha 8",
-                     "scaling 2", "to_q, to_k", "130 tensors: 128 LoRA, 2 whole weights (conv_in.bias, conv_in.weight)",
-                     "VAE LoRA (adapter 'vae_skip'): rank 2", "scaling 4", "cross-attention width 32",
-                     "problems:\n  none"]:
-        assert expected in text, expected
-
-
-def test_describe_flags_a_checkpoint_for_sdxl(tmp_path):
-    path = write_flowsr_lora(tmp_path / "xl.safetensors", vae_targets=None, unet_targets=["to_k"],
-                             unet_overrides={"cross_attention_dim": 2048})
-    report = ckpt.check(path)
-    assert "expects base model: SDXL (cross-attention width 2048)" in report.text
-    assert not report.ok and "will not load" in report.problems[0]
-
-
-def test_describe_regex_targets(tmp_path):
-    path = write_flowsr_lora(tmp_path / "r.safetensors", unet_targets=r".*to_q", vae_targets=None)
-    assert "target modules: regex '.*to_q'" in ckpt.describe(path)
-    assert "VAE LoRA: none" in ckpt.describe(path)
-
-
-def test_describe_small_model_file(tmp_path):
-    from flowsr.models.tiny import TinyFlowSR, save_tiny
-
-    path = tmp_path / "tiny.safetensors"
-    save_tiny(TinyFlowSR({"latent_factor": 2, "unet": {"block_out_channels": [8, 8], "layers_per_block": 1,
-                                                       "norm_num_groups": 4,
-                                                       "down_block_types": ["DownBlock2D"] * 2,
-                                                       "up_block_types": ["UpBlock2D"] * 2}}), path)
-    report = ckpt.check(path)
-    assert report.ok and "FlowSR full model" in report.text and "needs no base model" in report.text
+        lora.read_lora(path)
 
 
 # ------------------------------------------------------------------------------------------------ saving
 
 def test_save_round_trip(tmp_path):
     unet, vae = make_unet(), make_vae()
-    ckpt.add_lora(unet, 8, ["to_q", "to_v", "conv1"], ckpt.UNET_ADAPTER)
-    ckpt.add_lora(vae, 4, ["encoder.conv_in"], ckpt.VAE_ADAPTER)
+    lora.add_lora(unet, 8, ["to_q", "to_v", "conv1"], lora.UNET_ADAPTER)
+    lora.add_lora(vae, 4, ["encoder.conv_in"], lora.VAE_ADAPTER)
     with torch.no_grad():
         for name, p in [*unet.named_parameters(), *vae.named_parameters()]:
             if "lora_" in name or name.startswith("conv_in."):
                 p.normal_()
     path = tmp_path / "saved.safetensors"
-    ckpt.save_lora_checkpoint(path, ckpt.lora_state_dict(unet, ckpt.UNET_ADAPTER, whole_weights=["conv_in."]),
-                              8, ["to_q", "to_v", "conv1"], ckpt.lora_state_dict(vae, ckpt.VAE_ADAPTER),
+    lora.save_lora(path, lora.lora_state_dict(unet, lora.UNET_ADAPTER, whole_weights=["conv_in."]),
+                              8, ["to_q", "to_v", "conv1"], lora.lora_state_dict(vae, lora.VAE_ADAPTER),
                               4, ["encoder.conv_in"], metadata={"trained_by": "test"})
-    assert ckpt.check(path).ok
+    assert check_weights(path).ok
     vae_keys = stored_state(path, "vae_state_dict")
     assert vae_keys and all(".default." in key for key in vae_keys)
     with safe_open(str(path), framework="pt") as f:
@@ -316,14 +228,14 @@ def test_save_round_trip(tmp_path):
 
 
 def test_save_in_half_precision_and_requires_vae_fields(tmp_path):
-    unet = ckpt.add_lora(make_unet(), 4, ["to_q"], ckpt.UNET_ADAPTER)
-    state = ckpt.lora_state_dict(unet, ckpt.UNET_ADAPTER)
+    unet = lora.add_lora(make_unet(), 4, ["to_q"], lora.UNET_ADAPTER)
+    state = lora.lora_state_dict(unet, lora.UNET_ADAPTER)
     path = tmp_path / "half.safetensors"
-    ckpt.save_lora_checkpoint(path, state, 4, {"to_q"}, dtype=torch.float16)
-    assert {entry["dtype"] for entry in ckpt.read_safetensors_header(path).tensors.values()} == {"F16"}
-    assert ckpt.read_checkpoint(path).unet.target_modules == ["to_q"]
+    lora.save_lora(path, state, 4, {"to_q"}, dtype=torch.float16)
+    assert {entry["dtype"] for entry in read_weights_file(path).tensors.values()} == {"F16"}
+    assert lora.read_lora(path).unet.target_modules == ["to_q"]
     with pytest.raises(ValueError, match="vae_rank"):
-        ckpt.save_lora_checkpoint(path, state, 4, ["to_q"], vae_state=state)
+        lora.save_lora(path, state, 4, ["to_q"], vae_state=state)
 
 
 def test_tiny_unet_config_is_sd_like():
