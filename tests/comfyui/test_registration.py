@@ -63,7 +63,30 @@ def test_older_comfyui_gets_the_same_nodes_through_node_class_mappings(nodes_by_
         assert v1_node.INPUT_TYPES()["required"] == _v1_view(v3_node.INPUT_TYPES())
         assert v1_node.CATEGORY == "image/upscaling"
         assert v1_node.RETURN_TYPES == tuple(o.io_type for o in v3_node.GET_SCHEMA().outputs)
-        assert callable(getattr(v1_node(), v1_node.FUNCTION))
+
+
+def test_the_v1_nodes_run_as_older_comfyui_calls_them_and_give_the_v3_result(nodes_by_id, pack_loader,
+                                                                           tiny_model_file, make_image):
+    import torch
+
+    v1_nodes = pack_loader("flowsr_pack_v1_run", v3=False).NODE_CLASS_MAPPINGS
+
+    def run_v1(node_id: str, **inputs):  # ComfyUI's V1 executor: getattr(node(), FUNCTION)(**inputs) -> tuple
+        node = v1_nodes[node_id]
+        return getattr(node(), node.FUNCTION)(**inputs)
+
+    def run_v3(node_id: str, **inputs):
+        return (nodes_by_id[node_id].execute(**inputs).result[0],)
+
+    image = make_image(height=12, width=16)
+    options = dict(scale=2.0, steps=2, schedule="sd3", tile_size=-1, tile_overlap=-1, color_fix="wavelet", seed=3)
+    outputs = []
+    for run in (run_v1, run_v3):
+        (model,) = run("FlowSRLoader", flowsr_weights=tiny_model_file.name, base_model="none", dtype="fp32")
+        (upscaled,) = run("FlowSRRefine", flowsr_model=model, image=image, **options)
+        outputs.append(upscaled)
+    assert outputs[0].shape == (1, 24, 32, 3)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
 
 
 def test_outside_comfyui_the_package_registers_nothing(pack_loader):
