@@ -1,0 +1,85 @@
+"""Folder throughput of `flowsr upscale` on 1 and on N processes (torchrun), and the command line's start-up.
+
+Prints, from one run on this machine: images/s for one process and for N, their ratio, the wall time of a
+one-image command (start-up + model load + work), and the same upscale in-process with the model loaded.
+
+    python bench/bench_jobs.py [--images 32] [--size 128] [--scale 4] [--processes 2]
+
+With CUDA, each process takes its own GPU (cuda:LOCAL_RANK). On the CPU each of the N processes gets
+cores/N threads, so both runs use the same cores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_folder(folder: Path, count: int, size: int) -> None:
+    folder.mkdir(parents=True)
+    generator = np.random.default_rng(0)
+    for index in range(count):
+        Image.fromarray(generator.integers(0, 255, (size, size, 3), np.uint8)).save(folder / f"{index:04d}.png")
+
+
+def timed(command: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, cwd=REPO, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def upscale_command(source: Path, output: Path, scale: float, extra=()) -> list[str]:
+    return ["-m", "flowsr", "upscale", str(source), "-o", str(output), "--scale", str(scale), *extra]
+
+
+def in_process_seconds(size: int, scale: float) -> float:
+    sys.path.insert(0, str(REPO))
+    import flowsr
+
+    pipe = flowsr.FlowSRPipeline.from_pretrained()
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (size, size, 3), np.uint8))
+    pipe.upscale(image, scale=scale)  # warm-up
+    start = time.perf_counter()
+    pipe.upscale(image, scale=scale)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--scale", type=float, default=4.0)
+    parser.add_argument("--processes", type=int, default=2)
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as work:
+        folder = Path(work) / "in"
+        write_folder(folder, args.images, args.size)
+        one = timed([sys.executable, *upscale_command(folder, Path(work) / "one", args.scale)],
+                    {"OMP_NUM_THREADS": str(cores)})
+        many = timed([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                      f"--nproc_per_node={args.processes}",
+                      *upscale_command(folder, Path(work) / "many", args.scale)],
+                     {"OMP_NUM_THREADS": str(max(1, cores // args.processes))})
+        single_image = next(folder.iterdir())
+        startup = timed([sys.executable, *upscale_command(single_image, Path(work) / "x.png", args.scale)], {})
+    print(f"{args.images} images {args.size}x{args.size} -> x{args.scale:g}, {cores} CPU cores, "
+          f"wall time of the whole command (start-up included)")
+    print(f"1 process:  {one:7.1f} s  {args.images / one:6.2f} images/s")
+    print(f"{args.processes} processes: {many:7.1f} s  {args.images / many:6.2f} images/s  "
+          f"(ratio {one / many:.2f}x)")
+    print(f"one image on the command line: {startup:.1f} s; in-process with the model loaded: "
+          f"{in_process_seconds(args.size, args.scale):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
