@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 
 from .errors import BadInputError, FlowSRError
 from .imagefiles import IMAGE_SUFFIXES, Picture, read_header, read_picture, save_picture
-from .pipeline import MAX_OUTPUT_PIXELS, output_size
 
 #: PIL modes whose pixels stack into one uint8 BHWC array for a shared batch; others go one at a time.
 BATCHABLE_MODES = {"RGB", "RGBA", "L", "LA"}
@@ -277,6 +276,8 @@ def sized_batches(tasks: Sequence[Task], scale: float, batch_size: int, report: 
 
 
 def _batch_key(path: Path, scale: float) -> tuple[int, int, str]:
+    from .pipeline import MAX_OUTPUT_PIXELS, output_size
+
     width, height, mode = read_header(path)
     out_height, out_width = output_size(height, width, scale)
     if out_width * out_height > MAX_OUTPUT_PIXELS:
