@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import FlowSRError, BadInputError, CheckpointError
-from .options import add_upscale_options
+from .options import UPSCALE_OPTIONS, add_upscale_options, check_upscale_options, cli_labels
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_flags(up)
 
     check = commands.add_parser("check", help="validate a FlowSR weights file and print what it holds")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, metavar="FILE",
+                       help="a .safetensors file: FlowSR's public weights, a small-model file, or a base model "
+                            "(to learn that it is one); prints its kind, ranks and problems, exit 2 if unusable")
     return parser
 
 
@@ -55,8 +57,9 @@ def upscale_options(args: argparse.Namespace) -> dict:
     """The pipeline's options from the command line, checked once before anything is loaded."""
     if args.batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    return dict(scale=args.scale, steps=args.steps, schedule=args.schedule, tile_size=args.tile_size,
-                tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, color_fix=args.color_fix, seed=args.seed)
+    options = {name: getattr(args, name) for name in UPSCALE_OPTIONS}
+    check_upscale_options(options, labels=cli_labels())
+    return options
 
 
 def run_upscale(args: argparse.Namespace) -> int:

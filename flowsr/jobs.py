@@ -322,7 +322,7 @@ class Job:
     def run(self, pipe, options: dict) -> Report:
         """Upscale this process's share; returns the whole job's report (failures are recorded, not raised)."""
         start = time.perf_counter()
-        batches = sized_batches(self.todo, options.get("scale", 4.0), self.batch_size, self.report)
+        batches = sized_batches(self.todo, options["scale"], self.batch_size, self.report)
         self.progress = JobProgress(self.all_tasks, self.already_done_everywhere, self.shard)
         try:
             with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="flowsr-read") as readers, \

@@ -39,7 +39,7 @@ def test_unreadable_image_is_skipped_and_reported(tiny_checkpoint, photos, tmp_p
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--scale", "0"], "scale"), (["--scale", "12"], "scale"), (["--tile-size", "3"], "tile size"),
+    (["--scale", "0"], "--scale"), (["--scale", "12"], "--scale"), (["--tile-size", "3"], "--tile-size"),
     (["--device", "cuda:7"], "cuda"),
 ])
 def test_bad_options_exit_2_with_a_message(tiny_checkpoint, photos, tmp_path, capsys, extra, message):
@@ -182,3 +182,15 @@ def test_out_of_memory_while_loading_says_what_to_do(photos, tmp_path, capsys, m
     assert main(["upscale", str(photos / "a.png"), "-o", str(tmp_path / "o.png")]) == 1
     error = capsys.readouterr().err
     assert "out of memory" in error and "--tile-size" in error
+
+
+def test_options_are_checked_once_before_anything_is_loaded(tmp_path, capsys, no_model_loading):
+    folder = tmp_path / "twenty"
+    folder.mkdir()
+    for index in range(20):
+        Image.new("RGB", (8, 8)).save(folder / f"{index}.png")
+    for bad in (["--scale", "0"], ["--batch-size", "0"]):
+        assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), *bad]) == 2
+        error = capsys.readouterr().err
+        assert error.count("flowsr:") == 1 and bad[0] in error
+    assert not (tmp_path / "out").exists()
