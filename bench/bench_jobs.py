@@ -1,7 +1,9 @@
 """Folder throughput of `flowsr upscale` on 1 and on N processes (torchrun), and the command line's start-up.
 
-Prints, from one run on this machine: images/s for one process and for N, their ratio, the wall time of a
-one-image command (start-up + model load + work), and the same upscale in-process with the model loaded.
+Prints, from one run on this machine: images/s for one process and for N, their ratio, and for one
+256x256 image at x4: the wall time of the command (start-up + model load + work), of start-up + model load
+alone (the command on an 8x8 image, whose upscale costs next to nothing), and of the upscale in-process with
+the model loaded.
 
     python bench/bench_jobs.py [--images 32] [--size 128] [--scale 4] [--processes 2]
 
@@ -22,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+STARTUP_SIZE = 256
 
 
 def write_folder(folder: Path, count: int, size: int) -> None:
@@ -70,15 +73,17 @@ def main() -> None:
                       f"--nproc_per_node={args.processes}",
                       *upscale_command(folder, Path(work) / "many", args.scale)],
                      {"OMP_NUM_THREADS": str(max(1, cores // args.processes))})
-        single_image = next(folder.iterdir())
-        startup = timed([sys.executable, *upscale_command(single_image, Path(work) / "x.png", args.scale)], {})
+        write_folder(Path(work) / "one_image", 1, STARTUP_SIZE)
+        write_folder(Path(work) / "tiny_image", 1, 8)
+        command = timed([sys.executable, *upscale_command(Path(work) / "one_image", Path(work) / "x", 4)], {})
+        loading = timed([sys.executable, *upscale_command(Path(work) / "tiny_image", Path(work) / "y", 4)], {})
     print(f"{args.images} images {args.size}x{args.size} -> x{args.scale:g}, {cores} CPU cores, "
           f"wall time of the whole command (start-up included)")
     print(f"1 process:  {one:7.1f} s  {args.images / one:6.2f} images/s")
     print(f"{args.processes} processes: {many:7.1f} s  {args.images / many:6.2f} images/s  "
-          f"(ratio {one / many:.2f}x)")
-    print(f"one image on the command line: {startup:.1f} s; in-process with the model loaded: "
-          f"{in_process_seconds(args.size, args.scale):.2f} s")
+          f"(ratio {args.images / many / (args.images / one):.2f}x)")
+    print(f"{STARTUP_SIZE} -> {4 * STARTUP_SIZE}: command line {command:.1f} s, of which start-up and model load "
+          f"{loading:.1f} s; in-process with the model loaded {in_process_seconds(STARTUP_SIZE, 4):.2f} s")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          ".safetensors, or a hub id (with --allow-download)")
     up.add_argument("--allow-download", action="store_true", help="let --base-model be fetched from the hub")
     add_upscale_options(up)
-    up.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
+    up.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu; under torchrun or accelerate "
+                                                     "launch, auto and cuda mean each process's own GPU")
 
     add_job_flags(up)
 
@@ -49,7 +50,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
                              "one is finished); without it existing outputs are replaced")
     parser.add_argument("--overwrite-inputs", action="store_true",
                         help="allow an output to replace its own input (refused otherwise)")
-    parser.add_argument("--batch-size", type=int, default=4,
+    parser.add_argument("--batch-size", type=int, default=4, metavar="N",
                         help="images of the same size upscaled together in one batch (default 4)")
 
 
@@ -70,10 +71,12 @@ def run_upscale(args: argparse.Namespace) -> int:
     tasks = jobs.plan(args.inputs, args.output, overwrite_inputs=args.overwrite_inputs)
     shard = jobs.Shard.from_environment()
     connected = shard.connect()
-    job = jobs.Job(tasks, shard, resume=args.resume, batch_size=args.batch_size, connected=connected)
-    pipe = FlowSRPipeline.from_pretrained(args.checkpoint, args.base_model, device=shard.device(args.device),
-                                          dtype=args.dtype, allow_download=args.allow_download)
-    report = job.run(pipe, options)
+    job = jobs.Job(tasks, shard, options, resume=args.resume, batch_size=args.batch_size, connected=connected)
+    pipe = None
+    if job.batches:
+        pipe = FlowSRPipeline.from_pretrained(args.checkpoint, args.base_model, device=shard.device(args.device),
+                                              dtype=args.dtype, allow_download=args.allow_download)
+    report = job.run(pipe)
     if shard.is_main:
         _print_outcome(tasks, report, args.output)
     return EXIT_BAD_INPUT if report.failures else EXIT_OK

@@ -311,23 +311,27 @@ def upscale_images(pipe, images: Sequence[Image.Image], options: dict, progress:
 class Job:
     """This process's share of a planned job, run with reads and writes overlapping the network."""
 
-    def __init__(self, tasks: Sequence[Task], shard: Shard, resume: bool = False, batch_size: int = 4,
-                 connected: bool = False):
-        self.shard, self.batch_size, self.connected = shard, batch_size, connected
+    def __init__(self, tasks: Sequence[Task], shard: Shard, options: dict, resume: bool = False,
+                 batch_size: int = 4, connected: bool = False):
+        """Reads every header of this process's share: images too large to decode fail here, before any work."""
+        self.shard, self.options, self.connected = shard, options, connected
         self.all_tasks = list(tasks)
         self.already_done_everywhere = len(split_done(tasks, resume)[1])
-        self.todo, done_here = split_done(shard.take(tasks), resume)
+        todo, done_here = split_done(shard.take(tasks), resume)
         self.report = Report(already_done=len(done_here))
+        self.batches = sized_batches(todo, options["scale"], batch_size, self.report)
 
-    def run(self, pipe, options: dict) -> Report:
-        """Upscale this process's share; returns the whole job's report (failures are recorded, not raised)."""
+    def run(self, pipe) -> Report:
+        """Upscale this process's share; returns the whole job's report (failures are recorded, not raised).
+
+        ``pipe`` may be None when there are no batches (nothing left to do here).
+        """
         start = time.perf_counter()
-        batches = sized_batches(self.todo, options["scale"], self.batch_size, self.report)
         self.progress = JobProgress(self.all_tasks, self.already_done_everywhere, self.shard)
         try:
             with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="flowsr-read") as readers, \
                     ThreadPoolExecutor(IO_THREADS, thread_name_prefix="flowsr-write") as writers:
-                self._run_batches(pipe, options, batches, readers, writers)
+                self._run_batches(pipe, self.options, self.batches, readers, writers)
             self.report.seconds = time.perf_counter() - start
             return Report.merged(gather_reports(self.report, self.connected))
         finally:

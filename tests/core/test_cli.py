@@ -194,3 +194,11 @@ def test_options_are_checked_once_before_anything_is_loaded(tmp_path, capsys, no
         error = capsys.readouterr().err
         assert error.count("flowsr:") == 1 and bad[0] in error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bomb_alone_is_refused_from_its_header_without_loading_the_model(tmp_path, capsys, no_model_loading):
+    write_png_header(tmp_path / "bomb.png", 30000, 30000)
+    assert main(["upscale", str(tmp_path / "bomb.png"), "-o", str(tmp_path / "out.png")]) == 2
+    error = capsys.readouterr().err
+    assert "bomb.png" in error and "1 failed" in error and "Traceback" not in error
+    assert not (tmp_path / "out.png").exists()
