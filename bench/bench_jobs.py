@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,10 +35,19 @@ def write_folder(folder: Path, count: int, size: int) -> None:
         Image.fromarray(generator.integers(0, 255, (size, size, 3), np.uint8)).save(folder / f"{index:04d}.png")
 
 
-def timed(command: list[str], env: dict) -> float:
+def timed(command: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds of the command, seconds of the job itself, from the summary process 0 prints)."""
     start = time.perf_counter()
-    subprocess.run(command, cwd=REPO, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    finished = subprocess.run(command, cwd=REPO, env={**os.environ, **env}, check=True, stdout=subprocess.PIPE,
+                              text=True)
+    wall = time.perf_counter() - start
+    job = re.search(r" in ([0-9.]+) s \(", finished.stdout)
+    return wall, float(job.group(1)) if job else float("nan")
+
+
+def rates(label: str, count: int, seconds: tuple[float, float]) -> str:
+    return (f"{label}: {count / seconds[0]:6.2f} images/s whole command ({seconds[0]:.1f} s), "
+            f"{count / seconds[1]:6.2f} images/s once loaded ({seconds[1]:.1f} s)")
 
 
 def upscale_command(source: Path, output: Path, scale: float, extra=()) -> list[str]:
@@ -78,12 +88,14 @@ def main() -> None:
         command = timed([sys.executable, *upscale_command(Path(work) / "one_image", Path(work) / "x", 4)], {})
         loading = timed([sys.executable, *upscale_command(Path(work) / "tiny_image", Path(work) / "y", 4)], {})
     print(f"{args.images} images {args.size}x{args.size} -> x{args.scale:g}, {cores} CPU cores, "
-          f"wall time of the whole command (start-up included)")
-    print(f"1 process:  {one:7.1f} s  {args.images / one:6.2f} images/s")
-    print(f"{args.processes} processes: {many:7.1f} s  {args.images / many:6.2f} images/s  "
-          f"(ratio {args.images / many / (args.images / one):.2f}x)")
-    print(f"{STARTUP_SIZE} -> {4 * STARTUP_SIZE}: command line {command:.1f} s, of which start-up and model load "
-          f"{loading:.1f} s; in-process with the model loaded {in_process_seconds(STARTUP_SIZE, 4):.2f} s")
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(rates("1 process  ", args.images, one))
+    print(rates(f"{args.processes} processes", args.images, many))
+    print(f"ratio {args.processes} processes / 1: {one[0] / many[0]:.2f}x whole command, "
+          f"{one[1] / many[1]:.2f}x once loaded")
+    print(f"{STARTUP_SIZE} -> {4 * STARTUP_SIZE}: command line {command[0]:.1f} s, of which start-up and model load "
+          f"about {loading[0]:.1f} s (an 8x8 image); in-process with the model loaded "
+          f"{in_process_seconds(STARTUP_SIZE, 4):.2f} s")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """``python -m flowsr``: upscale images and folders, or check a weights file.
 
-Exit codes: 0 success, 2 bad input (a file, an option, a checkpoint), 1 anything else, 130 interrupted.
+Exit codes: 0 success, 2 bad input (a file, an option, a checkpoint, any image of the job that failed),
+1 anything else, 130 interrupted (Ctrl-C or SIGTERM). The work itself is in :mod:`flowsr.jobs`.
 """
 from __future__ import annotations
 
@@ -112,8 +113,17 @@ def _is_out_of_memory(error: Exception) -> bool:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt_on_terminate)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_terminate) if in_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with every error a user can act on turned into a message and an exit code."""
     try:
         return run_upscale(args) if args.command == "upscale" else run_check(args)
     except (BadInputError, CheckpointError) as error:

@@ -346,8 +346,8 @@ class Job:
                 loading.append(readers.submit(load_batch, batches[index + READ_AHEAD]))
             writing.append([(task, writers.submit(save_picture, image, task.destination, metadata))
                             for task, image, metadata in self._upscale_batch(pipe, options, batch, loaded)])
-            while len(writing) > WRITE_BEHIND:
-                self._finish_writes(writing.popleft())
+            while writing and (len(writing) > WRITE_BEHIND or all(future.done() for _, future in writing[0])):
+                self._finish_writes(writing.popleft())  # the oldest batch: counted once written, waited for if late
         while writing:
             self._finish_writes(writing.popleft())
 
