@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,14 +36,21 @@ def write_folder(folder: Path, count: int, size: int) -> None:
         Image.fromarray(generator.integers(0, 255, (size, size, 3), np.uint8)).save(folder / f"{index:04d}.png")
 
 
-def timed(command: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds of the command, seconds of the job itself, from the summary process 0 prints)."""
+def timed(command: list[str], env: dict) -> tuple[float, float, float]:
+    """(wall seconds of the command, seconds of the job itself from the summary process 0 prints, CPU seconds
+    of the command and its children: on a shared machine the CPU time says more than the wall time)."""
+    cpu_before = _children_cpu()
     start = time.perf_counter()
     finished = subprocess.run(command, cwd=REPO, env={**os.environ, **env}, check=True, stdout=subprocess.PIPE,
                               text=True)
     wall = time.perf_counter() - start
     job = re.search(r" in ([0-9.]+) s \(", finished.stdout)
-    return wall, float(job.group(1)) if job else float("nan")
+    return wall, float(job.group(1)) if job else float("nan"), _children_cpu() - cpu_before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rates(label: str, count: int, seconds: tuple[float, float]) -> str:
@@ -54,16 +62,17 @@ def upscale_command(source: Path, output: Path, scale: float, extra=()) -> list[
     return ["-m", "flowsr", "upscale", str(source), "-o", str(output), "--scale", str(scale), *extra]
 
 
-def in_process_seconds(size: int, scale: float) -> float:
+def in_process_seconds(size: int, scale: float) -> tuple[float, float]:
+    """(wall, CPU) seconds of one upscale with the built-in model loaded."""
     sys.path.insert(0, str(REPO))
     import flowsr
 
     pipe = flowsr.FlowSRPipeline.from_pretrained()
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (size, size, 3), np.uint8))
     pipe.upscale(image, scale=scale)  # warm-up
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     pipe.upscale(image, scale=scale)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def main() -> None:
@@ -93,9 +102,10 @@ def main() -> None:
     print(rates(f"{args.processes} processes", args.images, many))
     print(f"ratio {args.processes} processes / 1: {one[0] / many[0]:.2f}x whole command, "
           f"{one[1] / many[1]:.2f}x once loaded")
-    print(f"{STARTUP_SIZE} -> {4 * STARTUP_SIZE}: command line {command[0]:.1f} s, of which start-up and model load "
-          f"about {loading[0]:.1f} s (an 8x8 image); in-process with the model loaded "
-          f"{in_process_seconds(STARTUP_SIZE, 4):.2f} s")
+    in_process = in_process_seconds(STARTUP_SIZE, 4)
+    print(f"{STARTUP_SIZE} -> {4 * STARTUP_SIZE}, wall (CPU) seconds: command line {command[0]:.1f} "
+          f"({command[2]:.1f}); start-up and model load, the command on an 8x8 image {loading[0]:.1f} "
+          f"({loading[2]:.1f}); in-process with the model loaded {in_process[0]:.2f} ({in_process[1]:.2f})")
 
 
 if __name__ == "__main__":
