@@ -1,6 +1,7 @@
 """Folder throughput of `flowsr upscale` on 1 and on N processes (torchrun), and the command line's start-up.
 
-Prints, from one run on this machine: images/s for one process and for N, their ratio, and for one
+Prints, from one run on this machine: images/s for one process (with all the cores' threads, and with one
+process's share of them) and for N processes, their ratios, and for one
 256x256 image at x4: the wall time of the command (start-up + model load + work), of start-up + model load
 alone (the command on an 8x8 image, whose upscale costs next to nothing), and of the upscale in-process with
 the model loaded.
@@ -88,6 +89,8 @@ def main() -> None:
         write_folder(folder, args.images, args.size)
         one = timed([sys.executable, *upscale_command(folder, Path(work) / "one", args.scale)],
                     {"OMP_NUM_THREADS": str(cores)})
+        one_thread = timed([sys.executable, *upscale_command(folder, Path(work) / "one_thread", args.scale)],
+                           {"OMP_NUM_THREADS": str(max(1, cores // args.processes))})
         many = timed([sys.executable, "-m", "torch.distributed.run", "--standalone",
                       f"--nproc_per_node={args.processes}",
                       *upscale_command(folder, Path(work) / "many", args.scale)],
@@ -98,10 +101,12 @@ def main() -> None:
         loading = timed([sys.executable, *upscale_command(Path(work) / "tiny_image", Path(work) / "y", 4)], {})
     print(f"{args.images} images {args.size}x{args.size} -> x{args.scale:g}, {cores} CPU cores, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(rates("1 process  ", args.images, one))
+    print(rates(f"1 process, {cores} threads", args.images, one))
+    print(rates(f"1 process, {max(1, cores // args.processes)} threads", args.images, one_thread))
     print(rates(f"{args.processes} processes", args.images, many))
-    print(f"ratio {args.processes} processes / 1: {one[0] / many[0]:.2f}x whole command, "
-          f"{one[1] / many[1]:.2f}x once loaded")
+    print(f"ratio {args.processes} processes / 1 process with all threads: {one[0] / many[0]:.2f}x whole command, "
+          f"{one[1] / many[1]:.2f}x once loaded; / 1 process with a process's share of the threads: "
+          f"{one_thread[0] / many[0]:.2f}x, {one_thread[1] / many[1]:.2f}x")
     in_process = in_process_seconds(STARTUP_SIZE, 4)
     print(f"{STARTUP_SIZE} -> {4 * STARTUP_SIZE}, wall (CPU) seconds: command line {command[0]:.1f} "
           f"({command[2]:.1f}); start-up and model load, the command on an 8x8 image {loading[0]:.1f} "
