@@ -8,7 +8,6 @@ Load once, upscale many::
     big = pipe.upscale(image, scale=4)                        # PIL, numpy or torch in; the same kind out
 """
 from .errors import BadInputError, Cancelled, CheckpointError, FlowSRError, OutOfMemoryError
-from .pipeline import FlowSRPipeline
 
 #: How hosts list the model that ships inside the package.
 BUILTIN_MODEL_NAME = "FlowSR tiny (built-in)"
@@ -16,3 +15,12 @@ BUILTIN_MODEL_NAME = "FlowSR tiny (built-in)"
 __version__ = "0.1.0"
 __all__ = ["FlowSRPipeline", "FlowSRError", "BadInputError", "CheckpointError", "Cancelled", "OutOfMemoryError",
            "BUILTIN_MODEL_NAME"]
+
+
+def __getattr__(name: str):
+    """``flowsr.FlowSRPipeline`` on first use: the command line answers bad input without importing torch."""
+    if name == "FlowSRPipeline":
+        from .pipeline import FlowSRPipeline
+
+        return FlowSRPipeline
+    raise AttributeError(f"module 'flowsr' has no attribute {name!r}")

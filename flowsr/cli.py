@@ -1,18 +1,20 @@
 """``python -m flowsr``: upscale images and folders, or check a weights file.
 
-Exit codes: 0 success, 2 bad input (a file, an option, a checkpoint), 1 anything else, 130 interrupted.
+Exit codes: 0 success, 2 bad input (a file, an option, a checkpoint, any image of the job that failed),
+1 anything else, 130 interrupted (Ctrl-C or SIGTERM). The work itself is in :mod:`flowsr.jobs`.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import FlowSRError, BadInputError, CheckpointError
-from .options import add_upscale_options
+from .options import UPSCALE_OPTIONS, add_upscale_options, check_upscale_options, cli_labels
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -30,79 +32,62 @@ def build_parser() -> argparse.ArgumentParser:
                                          ".safetensors, or a hub id (with --allow-download)")
     up.add_argument("--allow-download", action="store_true", help="let --base-model be fetched from the hub")
     add_upscale_options(up)
-    up.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
+    up.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu; under torchrun or accelerate "
+                                                     "launch, auto and cuda mean each process's own GPU")
+
+    add_job_flags(up)
 
     check = commands.add_parser("check", help="validate a FlowSR weights file and print what it holds")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, metavar="FILE",
+                       help="a .safetensors file: FlowSR's public weights, a small-model file, or a base model "
+                            "(to learn that it is one); prints its kind, ranks and problems, exit 2 if unusable")
     return parser
 
 
-def collect_images(inputs: Sequence[Path]) -> list[Path]:
-    """Image files named directly, and those found directly inside named folders, in sorted order."""
-    images: list[Path] = []
-    for path in inputs:
-        if path.is_dir():
-            images += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            images.append(path)
-        else:
-            raise BadInputError(f"{path} does not exist")
-    if not images:
-        raise BadInputError(f"no images found in {', '.join(map(str, inputs))} (looked for {sorted(IMAGE_SUFFIXES)})")
-    return images
+def add_job_flags(parser: argparse.ArgumentParser) -> None:
+    """How a job treats existing files and batches its images (not options of the upscaling itself)."""
+    parser.add_argument("--resume", action="store_true",
+                        help="skip inputs whose output already exists (outputs are written whole, so an existing "
+                             "one is finished); without it existing outputs are replaced")
+    parser.add_argument("--overwrite-inputs", action="store_true",
+                        help="allow an output to replace its own input (refused otherwise)")
+    parser.add_argument("--batch-size", type=int, default=4, metavar="N",
+                        help="images of the same size upscaled together in one batch (default 4)")
 
 
-def output_paths(images: Sequence[Path], output: Path) -> list[Path]:
-    """One input and an output with an image suffix: that file. Otherwise: ``output/<name>.png``."""
-    if len(images) == 1 and output.suffix.lower() in IMAGE_SUFFIXES:
-        return [output]
-    if output.suffix.lower() in IMAGE_SUFFIXES:
-        raise BadInputError(f"{len(images)} images cannot all be written to the file {output}; give a folder")
-    names = [image.stem for image in images]
-    if len(set(names)) != len(names):
-        raise BadInputError("two inputs share a file name; upscale them into different folders")
-    return [output / f"{name}.png" for name in names]
-
-
-def save_image(image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in {".jpg", ".jpeg"} and image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")  # JPEG has no alpha, nor 16 bits
-    image.save(path)
+def upscale_options(args: argparse.Namespace) -> dict:
+    """The pipeline's options from the command line, checked once before anything is loaded."""
+    if args.batch_size < 1:
+        raise BadInputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    options = {name: getattr(args, name) for name in UPSCALE_OPTIONS}
+    check_upscale_options(options, labels=cli_labels())
+    return options
 
 
 def run_upscale(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
-    from tqdm.auto import tqdm
-
+    from . import jobs
     from .pipeline import FlowSRPipeline
 
-    images = collect_images(args.inputs)
-    destinations = output_paths(images, args.output)
-    pipe = FlowSRPipeline.from_pretrained(args.checkpoint, args.base_model, device=args.device, dtype=args.dtype,
-                                          allow_download=args.allow_download)
-    failures = 0
-    with tqdm(total=len(images), unit="image", disable=len(images) == 1) as image_bar:
-        for source, destination in zip(images, destinations):
-            with tqdm(desc=source.name, unit="call", leave=False) as call_bar:
-                def progress(done: int, total: int) -> None:
-                    call_bar.total = total
-                    call_bar.update(done - call_bar.n)
-                try:
-                    with Image.open(source) as image:
-                        image.load()
-                        result = pipe.upscale(image, scale=args.scale, steps=args.steps, schedule=args.schedule,
-                                              tile_size=args.tile_size, tile_overlap=args.tile_overlap,
-                                              tile_batch=args.tile_batch, color_fix=args.color_fix, seed=args.seed,
-                                              progress=progress)
-                    save_image(result, destination)
-                except (UnidentifiedImageError, OSError, BadInputError) as error:
-                    failures += 1
-                    tqdm.write(f"flowsr: skipped {source}: {error}", file=sys.stderr)
-                    continue
-            image_bar.update()
-            tqdm.write(f"{source} -> {destination}")
-    return EXIT_BAD_INPUT if failures else EXIT_OK
+    options = upscale_options(args)
+    tasks = jobs.plan(args.inputs, args.output, overwrite_inputs=args.overwrite_inputs)
+    shard = jobs.Shard.from_environment()
+    connected = shard.connect()
+    job = jobs.Job(tasks, shard, options, resume=args.resume, batch_size=args.batch_size, connected=connected)
+    pipe = None
+    if job.batches:
+        pipe = FlowSRPipeline.from_pretrained(args.checkpoint, args.base_model, device=shard.device(args.device),
+                                              dtype=args.dtype, allow_download=args.allow_download)
+    report = job.run(pipe)
+    if shard.is_main:
+        _print_outcome(tasks, report, args.output)
+    return EXIT_BAD_INPUT if report.failures else EXIT_OK
+
+
+def _print_outcome(tasks, report, output: Path) -> None:
+    if len(tasks) == 1 and report.written:
+        print(f"{tasks[0].source} -> {tasks[0].destination}")
+    else:
+        print(report.summary(output), file=sys.stderr if report.failures else sys.stdout)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -113,8 +98,32 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_BAD_INPUT
 
 
+def _interrupt_on_terminate(signal_number, frame) -> None:
+    """SIGTERM (what launchers send to stop a job) unwinds like Ctrl-C, so partial files are removed."""
+    raise KeyboardInterrupt
+
+
+def _is_out_of_memory(error: Exception) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    from .devices import is_out_of_memory
+
+    return is_out_of_memory(error)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_terminate) if in_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with every error a user can act on turned into a message and an exit code."""
     try:
         return run_upscale(args) if args.command == "upscale" else run_check(args)
     except (BadInputError, CheckpointError) as error:
@@ -124,5 +133,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"flowsr: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("flowsr: interrupted", file=sys.stderr)
+        print("flowsr: interrupted; finished outputs are complete, re-run with --resume to continue",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as error:
+        if not _is_out_of_memory(error):
+            raise
+        print(f"flowsr: out of memory ({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+              "close other programs, or use a smaller --tile-size, --batch-size or --scale", file=sys.stderr)
+        return EXIT_FAILED

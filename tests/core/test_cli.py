@@ -39,7 +39,7 @@ def test_unreadable_image_is_skipped_and_reported(tiny_checkpoint, photos, tmp_p
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--scale", "0"], "scale"), (["--scale", "12"], "scale"), (["--tile-size", "3"], "tile size"),
+    (["--scale", "0"], "--scale"), (["--scale", "12"], "--scale"), (["--tile-size", "3"], "--tile-size"),
     (["--device", "cuda:7"], "cuda"),
 ])
 def test_bad_options_exit_2_with_a_message(tiny_checkpoint, photos, tmp_path, capsys, extra, message):
@@ -77,3 +77,128 @@ def test_check_exits_0_for_usable_files_and_2_otherwise(flowsr_lora_file, tiny_c
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x10")
     assert main(["check", str(broken)]) == 2
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fails the test if the CLI gets as far as loading a model."""
+    from flowsr.pipeline import FlowSRPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the problem was found")
+
+    monkeypatch.setattr(FlowSRPipeline, "from_pretrained", refuse)
+
+
+def test_an_input_is_never_replaced_unless_asked(tiny_checkpoint, photos, capsys, no_model_loading):
+    source = photos / "a.png"
+    before = source.read_bytes()
+    assert main(["upscale", str(source), "-o", str(source)]) == 2
+    assert "--overwrite-inputs" in capsys.readouterr().err and source.read_bytes() == before
+    assert main(["upscale", str(photos), "-o", str(photos)]) == 2
+    assert source.read_bytes() == before
+
+
+def test_overwrite_inputs_replaces_the_input(tiny_checkpoint, photos):
+    source = photos / "a.png"
+    assert main(["upscale", str(source), "-o", str(source), "--overwrite-inputs", "--scale", "2",
+                 "--checkpoint", str(tiny_checkpoint)]) == 0
+    assert Image.open(source).size == (32, 24)
+
+
+@pytest.mark.parametrize("output,message", [
+    ("notes.txt", "is a file"), ("notes.txt/sub", "cannot write"), ("folder.png", "is a folder")])
+def test_unusable_outputs_are_refused_before_any_work(photos, tmp_path, capsys, no_model_loading, output, message):
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "folder.png").mkdir()
+    assert main(["upscale", str(photos / "a.png"), "-o", str(tmp_path / output)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def write_png_header(path, width, height):
+    """A PNG whose header claims width x height: what a decompression bomb looks like before decoding."""
+    import zlib
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("width,height", [(30000, 30000), (10000, 9000)])
+def test_a_decompression_bomb_is_skipped_and_the_others_written(tiny_checkpoint, photos, tmp_path, capsys,
+                                                                width, height):
+    write_png_header(photos / "bomb.png", width, height)
+    out = tmp_path / "out"
+    assert main(["upscale", str(photos), "-o", str(out), "--checkpoint", str(tiny_checkpoint)]) == 2
+    error = capsys.readouterr().err
+    assert "bomb.png" in error and "Traceback" not in error
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+
+
+def test_exif_orientation_is_applied_and_the_colour_profile_kept(tiny_checkpoint, tmp_path):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    pixels = np.zeros((8, 16, 3), np.uint8)
+    pixels[:, :8] = (255, 0, 0)  # the left half red: the top half once turned upright (orientation 6)
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "FlowSR test camera"
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", quality=95, exif=exif.tobytes(), icc_profile=icc)
+    out = tmp_path / "photo_x2.png"
+    assert main(["upscale", str(tmp_path / "photo.jpg"), "-o", str(out), "--scale", "2", "--color-fix", "none",
+                 "--checkpoint", str(tiny_checkpoint)]) == 0
+    with Image.open(out) as result:
+        assert result.size == (16, 32)
+        red = np.asarray(result)[..., 0].astype(float)
+        assert red[:16].mean() > red[16:].mean() + 100
+        assert result.info["icc_profile"] == icc
+        assert result.getexif().get(0x010F) == "FlowSR test camera" and 0x0112 not in result.getexif()
+
+
+def test_out_of_memory_is_reported_without_a_traceback(tiny_checkpoint, photos, tmp_path, capsys, monkeypatch):
+    import flowsr
+    from flowsr.pipeline import FlowSRPipeline
+
+    def out_of_memory(*args, **kwargs):
+        raise flowsr.OutOfMemoryError("out of memory even with the smallest tiles; free memory")
+
+    monkeypatch.setattr(FlowSRPipeline, "upscale", out_of_memory)
+    assert main(["upscale", str(photos), "-o", str(tmp_path / "out"), "--checkpoint", str(tiny_checkpoint)]) == 2
+    error = capsys.readouterr().err
+    assert "a.png" in error and "out of memory" in error and "Traceback" not in error
+
+
+def test_out_of_memory_while_loading_says_what_to_do(photos, tmp_path, capsys, monkeypatch):
+    from flowsr.pipeline import FlowSRPipeline
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(FlowSRPipeline, "from_pretrained", out_of_memory)
+    assert main(["upscale", str(photos / "a.png"), "-o", str(tmp_path / "o.png")]) == 1
+    error = capsys.readouterr().err
+    assert "out of memory" in error and "--tile-size" in error
+
+
+def test_options_are_checked_once_before_anything_is_loaded(tmp_path, capsys, no_model_loading):
+    folder = tmp_path / "twenty"
+    folder.mkdir()
+    for index in range(20):
+        Image.new("RGB", (8, 8)).save(folder / f"{index}.png")
+    for bad in (["--scale", "0"], ["--batch-size", "0"]):
+        assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), *bad]) == 2
+        error = capsys.readouterr().err
+        assert error.count("flowsr:") == 1 and bad[0] in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bomb_alone_is_refused_from_its_header_without_loading_the_model(tmp_path, capsys, no_model_loading):
+    write_png_header(tmp_path / "bomb.png", 30000, 30000)
+    assert main(["upscale", str(tmp_path / "bomb.png"), "-o", str(tmp_path / "out.png")]) == 2
+    error = capsys.readouterr().err
+    assert "bomb.png" in error and "1 failed" in error and "Traceback" not in error
+    assert not (tmp_path / "out.png").exists()

@@ -1,0 +1,199 @@
+"""Folder jobs: atomic outputs, resume, a deterministic split across processes, batches, and a job of two
+processes that survives one of them being killed."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flowsr import jobs
+from flowsr.cli import main
+from flowsr.imagefiles import TEMPORARY_SUFFIX, save_picture
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_images(folder: Path, sizes) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(0)
+    paths = []
+    for index, (width, height) in enumerate(sizes):
+        path = folder / f"img{index:02d}.png"
+        Image.fromarray(generator.integers(0, 255, (height, width, 3), np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def test_the_split_is_disjoint_complete_and_the_same_every_time(tmp_path):
+    tasks = [jobs.Task(tmp_path / f"{i}.png", tmp_path / "out" / f"{i}.png") for i in range(11)]
+    shards = [jobs.Shard(rank, 3).take(tasks) for rank in range(3)]
+    assert sorted(t.source.name for shard in shards for t in shard) == sorted(t.source.name for t in tasks)
+    assert shards == [jobs.Shard(rank, 3).take(tasks) for rank in range(3)]
+    assert jobs.Shard().take(tasks) == tasks
+
+
+def test_shard_reads_the_launcher_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert jobs.Shard.from_environment() == jobs.Shard(3, 4, 1)
+
+
+def test_batches_group_equal_sizes_in_input_order(tmp_path):
+    paths = write_images(tmp_path / "in", [(8, 8), (12, 8), (8, 8), (8, 8), (12, 8)])
+    tasks = [jobs.Task(path, tmp_path / path.name) for path in paths]
+    batches = jobs.sized_batches(tasks, 2.0, 2, jobs.Report())
+    assert [[t.source.name for t in batch] for batch in batches] == [
+        ["img00.png", "img02.png"], ["img03.png"], ["img01.png", "img04.png"]]
+
+
+def test_batched_outputs_equal_one_at_a_time(tiny_checkpoint, tmp_path):
+    write_images(tmp_path / "in", [(16, 12)] * 3 + [(10, 10)])
+    common = ["--checkpoint", str(tiny_checkpoint), "--scale", "2"]
+    assert main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "one"), "--batch-size", "1", *common]) == 0
+    assert main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "three"), "--batch-size", "3", *common]) == 0
+    for path in sorted((tmp_path / "one").iterdir()):
+        np.testing.assert_array_equal(pixels(path), pixels(tmp_path / "three" / path.name))
+
+
+def test_resume_skips_finished_outputs_and_plain_runs_replace_them(tiny_checkpoint, tmp_path, capsys):
+    write_images(tmp_path / "in", [(8, 8)] * 3)
+    out = tmp_path / "out"
+    command = ["upscale", str(tmp_path / "in"), "-o", str(out), "--checkpoint", str(tiny_checkpoint)]
+    assert main(command) == 0
+    marker = Image.new("RGB", (5, 5))
+    marker.save(out / "img01.png")
+    assert main([*command, "--resume"]) == 0
+    assert "2 written" not in capsys.readouterr().out and Image.open(out / "img01.png").size == (5, 5)
+    assert main(command) == 0
+    assert "3 written" in capsys.readouterr().out and Image.open(out / "img01.png").size == (32, 32)
+
+
+def test_an_interrupted_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "out.png"
+    Image.new("RGB", (4, 4), "red").save(path)
+    before = path.read_bytes()
+
+    def interrupt(descriptor):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_picture(Image.new("RGB", (64, 64), "blue"), path)
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+def _save_repeatedly(image, path, times=20):
+    for _ in range(times):
+        save_picture(image, path)
+
+
+def test_concurrent_writers_of_one_path_leave_one_whole_file(tmp_path):
+    path = tmp_path / "out.png"
+    images = [Image.fromarray(np.full((256, 256, 3), value, np.uint8)) for value in (10, 200)]
+    threads = [threading.Thread(target=_save_repeatedly, args=(image, path)) for image in images]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert np.unique(pixels(path)).tolist() in ([10], [200])
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_ctrl_c_during_a_folder_job_exits_130_and_leaves_only_whole_files(tiny_checkpoint, tmp_path, monkeypatch,
+                                                                          capsys):
+    write_images(tmp_path / "in", [(8, 8)] * 3)
+    real_fsync, calls = os.fsync, []
+
+    def interrupt_the_second(descriptor):
+        calls.append(descriptor)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", interrupt_the_second)
+    out = tmp_path / "out"
+    code = main(["upscale", str(tmp_path / "in"), "-o", str(out), "--checkpoint", str(tiny_checkpoint),
+                 "--batch-size", "1"])
+    assert code == 130 and "--resume" in capsys.readouterr().err
+    assert not [p for p in out.iterdir() if p.name.endswith(TEMPORARY_SUFFIX)]
+    for path in out.iterdir():
+        assert pixels(path).shape == (32, 32, 3)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(rank: int, world: int, port: int, arguments: list[str]) -> subprocess.Popen:
+    """One process of a job, with the variables torchrun sets."""
+    env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "flowsr", *arguments], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen, timeout: float = 300.0) -> tuple[str, str]:
+    """The process's (stdout, stderr); on a timeout, its threads' stacks (faulthandler) in the failure."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        pytest.fail(f"a job process hung:\n{process.communicate()[1][-5000:]}")
+
+
+def _wait_for(condition, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
+    """Rank 1 takes the odd-numbered (larger) images; it is killed after its first output, then the job is
+    started again with --resume: every output is whole and equal to a one-process run's."""
+    sizes = [(24, 24), (96, 96)] * 5
+    write_images(tmp_path / "in", sizes)
+    arguments = ["upscale", str(tmp_path / "in"), "--scale", "2", "--batch-size", "1", "--device", "cpu"]
+    single = subprocess.run([sys.executable, "-m", "flowsr", *arguments, "-o", str(tmp_path / "single")],
+                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr
+
+    out = tmp_path / "out"
+    port = _free_port()
+    processes = [_launch(rank, 2, port, [*arguments, "-o", str(out)]) for rank in range(2)]
+    rank1_outputs = [out / f"img{index:02d}.png" for index in range(1, 10, 2)]
+    _wait_for(lambda: any(path.exists() for path in rank1_outputs) or processes[1].poll() is not None)
+    processes[1].send_signal(signal.SIGKILL)
+    processes[1].wait()
+    first_run_rank0 = _finish(processes[0])
+    assert processes[0].returncode != 0, "rank 0 must not report success for a job with a dead process"
+    done_before = [path for path in rank1_outputs if path.exists()]
+    assert 1 <= len(done_before) < len(rank1_outputs), first_run_rank0
+    stamps = {path: path.stat().st_mtime_ns for path in done_before}
+
+    port = _free_port()
+    processes = [_launch(rank, 2, port, [*arguments, "-o", str(out), "--resume"])
+                 for rank in range(2)]
+    results = [_finish(process) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], results
+    assert "skipped as already done" in results[0][0]
+    assert all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())  # not redone
+    finished = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert finished == sorted(p.name for p in (tmp_path / "single").iterdir())
+    for name in finished:
+        np.testing.assert_array_equal(pixels(out / name), pixels(tmp_path / "single" / name))
