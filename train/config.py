@@ -2,7 +2,7 @@
 
 Every option has a default here, so a YAML file only says what it changes and a typo (an unknown key) is an
 error instead of a silently ignored setting. Dicts whose default is empty (``model.config``,
-``data.realesrgan``) are free-form: their keys are checked by the code that reads them.
+``data.realesrgan``, ``data.mild``) are free-form: their keys are checked by the code that reads them.
 """
 from __future__ import annotations
 
@@ -34,9 +34,11 @@ DEFAULTS: dict[str, Any] = {
         "lr": None,                   # optional folder of paired LR images (same relative names)
         "scale": 4,
         "crop": 128,                  # HR crop side, a multiple of scale
-        "degradation": "realesrgan",  # realesrgan | bicubic | mix
+        "degradation": "realesrgan",  # realesrgan | bicubic | mild | mix
         "mix_realesrgan_prob": 0.5,   # mix: share of samples degraded the Real-ESRGAN way
+        "mix_mild_prob": 0.0,         # mix: share degraded the mild way (the rest of a mix is bicubic)
         "realesrgan": {},             # overrides of train.degradations.RealESRGANConfig
+        "mild": {},                   # overrides of train.degradations.MildConfig
         "max_side": None,             # shrink HR photos whose longer side exceeds this (before cropping)
         "min_side": None,             # skip HR images whose shorter side is below this (default: crop)
         "cache": True,                # decode every image once and keep it in memory

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
-from .degradations import RealESRGANConfig, realesrgan_degrade
+from .degradations import MildConfig, RealESRGANConfig, bicubic_downscale, mild_degrade, realesrgan_degrade, to_uint8
 
 logger = logging.getLogger(__name__)
 
+DEGRADATIONS = ("realesrgan", "bicubic", "mild", "mix")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -52,20 +53,9 @@ def read_image(path: Path, max_side: Optional[int] = None) -> torch.Tensor:
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
 
 
-def bicubic_downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """The classic "bicubic x4" LR: PIL's antialiased bicubic, like MATLAB's imresize."""
-    image = Image.fromarray(hr.permute(1, 2, 0).numpy())
-    small = image.resize((hr.shape[2] // scale, hr.shape[1] // scale), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1).contiguous()
-
-
 def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     """The top-left part of a (C,H,W) image whose sides are multiples of ``multiple``: LR x scale = HR exactly."""
     return image[:, :image.shape[1] // multiple * multiple, :image.shape[2] // multiple * multiple]
-
-
-def to_uint8(image: torch.Tensor) -> torch.Tensor:
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -118,21 +108,27 @@ def _dihedral(image: torch.Tensor, code: int) -> torch.Tensor:
 class PairDataset(Dataset):
     """Random crops of HR images with their LR crops: degraded on the fly, or cut from a paired LR image.
 
-    ``degradation``: ``realesrgan``, ``bicubic`` or ``mix`` (Real-ESRGAN with probability ``mix_prob``).
+    ``degradation``: ``realesrgan``, ``bicubic``, ``mild`` or ``mix`` (Real-ESRGAN with probability
+    ``mix_prob``, mild with probability ``mix_mild_prob``, else bicubic).
     With ``cache`` every image is decoded once at start-up; otherwise each sample reads its file.
     """
 
     def __init__(self, hr: str | Path, scale: int = 4, crop: int = 128, lr: Optional[str | Path] = None,
-                 degradation: str = "realesrgan", mix_prob: float = 0.5,
-                 realesrgan: Optional[RealESRGANConfig] = None, cache: bool = True,
+                 degradation: str = "realesrgan", mix_prob: float = 0.5, mix_mild_prob: float = 0.0,
+                 realesrgan: Optional[RealESRGANConfig] = None, mild: Optional[MildConfig] = None,
+                 cache: bool = True,
                  max_side: Optional[int] = None, min_side: Optional[int] = None, repeat: int = 1,
                  flip: bool = True):
         if crop % scale:
             raise ValueError(f"data.crop ({crop}) must be a multiple of data.scale ({scale})")
-        if degradation not in ("realesrgan", "bicubic", "mix"):
-            raise ValueError(f"unknown data.degradation {degradation!r}; use realesrgan, bicubic or mix")
-        self.scale, self.crop, self.degradation, self.mix_prob = scale, crop, degradation, mix_prob
-        self.realesrgan = realesrgan or RealESRGANConfig()
+        if degradation not in DEGRADATIONS:
+            raise ValueError(f"unknown data.degradation {degradation!r}; use one of {', '.join(DEGRADATIONS)}")
+        if mix_prob + mix_mild_prob > 1:
+            raise ValueError(f"data.mix_realesrgan_prob + data.mix_mild_prob is {mix_prob + mix_mild_prob:g}; "
+                             "keep the sum at most 1 (the rest is bicubic)")
+        self.scale, self.crop, self.degradation = scale, crop, degradation
+        self.mix_prob, self.mix_mild_prob = mix_prob, mix_mild_prob
+        self.realesrgan, self.mild = realesrgan or RealESRGANConfig(), mild or MildConfig()
         self.cache, self.max_side, self.repeat, self.flip = cache, max_side, max(1, int(repeat)), flip
         min_side = min_side or crop
         report = SkipReport([], [], [])
@@ -219,10 +215,15 @@ class PairDataset(Dataset):
         return hr[:, y * s:y * s + self.crop, x * s:x * s + self.crop], lr_crop
 
     def _degrade(self, hr_crop: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        use_realesrgan = self.degradation == "realesrgan" or (
-            self.degradation == "mix" and float(torch.rand((), generator=g)) < self.mix_prob)
-        if use_realesrgan:
+        kind = self.degradation
+        if kind == "mix":   # one draw picks the kind, so mix_mild_prob = 0 gives the same samples as before
+            draw = float(torch.rand((), generator=g))
+            kind = ("realesrgan" if draw < self.mix_prob else
+                    "mild" if draw < self.mix_prob + self.mix_mild_prob else "bicubic")
+        if kind == "realesrgan":
             return to_uint8(realesrgan_degrade(hr_crop.float() / 255.0, self.scale, g, self.realesrgan))
+        if kind == "mild":
+            return mild_degrade(hr_crop, self.scale, g, self.mild)
         return bicubic_downscale(hr_crop, self.scale)
 
 
@@ -293,7 +294,8 @@ def build_dataset(config: dict, seed: int) -> Dataset:
     """The training dataset described by the ``data`` section of a config."""
     pairs = PairDataset(config["hr"], scale=config["scale"], crop=config["crop"], lr=config["lr"],
                         degradation=config["degradation"], mix_prob=config["mix_realesrgan_prob"],
-                        realesrgan=RealESRGANConfig.from_dict(config["realesrgan"]), cache=config["cache"],
+                        mix_mild_prob=config["mix_mild_prob"], realesrgan=RealESRGANConfig.from_dict(config["realesrgan"]),
+                        mild=MildConfig.from_dict(config["mild"]), cache=config["cache"],
                         max_side=config["max_side"], min_side=config["min_side"], repeat=config["repeat"],
                         flip=config["flip"])
     if config["bank"]:

@@ -1,4 +1,5 @@
-"""Low-resolution images made on the fly: Real-ESRGAN's second-order degradation, in torch, one image at a time.
+"""Low-resolution images made on the fly, one image at a time: PIL bicubic (clean), the mild condition, and
+Real-ESRGAN's second-order degradation in torch.
 
 The model (Wang et al., "Real-ESRGAN", 2021) blurs, resizes, adds noise and JPEG-compresses the image, twice,
 then resizes to the target size with an optional sinc filter (ringing), in either order with a last JPEG.
@@ -73,6 +74,18 @@ def _replace_nested(obj, overrides: dict, where: str):
         changes[key] = (_replace_nested(current, value, f"{where}.{key}")
                         if dataclasses.is_dataclass(current) else value)
     return dataclasses.replace(obj, **changes)
+
+
+@dataclasses.dataclass
+class MildConfig:
+    """The mild condition (issue #12): a slightly soft camera, bicubic /scale, sensor noise, one JPEG pass."""
+    blur_sigma: float = 0.8        # Gaussian blur at HR, in HR pixels
+    noise_sigma: float = 5.0       # Gaussian noise at LR, per channel, in 8-bit levels
+    jpeg_quality: int = 75
+
+    @classmethod
+    def from_dict(cls, overrides: dict) -> "MildConfig":
+        return _replace_nested(cls(), overrides, "data.mild")
 
 
 # --- random draws --------------------------------------------------------------------------------------------
@@ -185,6 +198,33 @@ def jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
     buffer.seek(0)
     decoded = torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB")).copy())
     return decoded.permute(2, 0, 1).float() / 255.0
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def bicubic_downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The classic "bicubic x4" LR of a uint8 (3,H,W) image: PIL's antialiased bicubic, like MATLAB's imresize."""
+    image = Image.fromarray(hr.permute(1, 2, 0).numpy())
+    small = image.resize((hr.shape[2] // scale, hr.shape[1] // scale), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1).contiguous()
+
+
+def mild_degrade(hr: torch.Tensor, scale: int, g: torch.Generator, config: MildConfig | None = None) -> torch.Tensor:
+    """A uint8 (3,H,W) HR image to its mildly degraded uint8 LR: blur, bicubic downscale, noise, JPEG.
+
+    The one definition of the mild condition: training (``data.degradation: mild`` or ``mix``), the "mild" row
+    of ``train.compare_models`` and ``python -m train.degradations --kind mild`` all call it.
+    """
+    config = config or MildConfig()
+    sigma = float(config.blur_sigma)
+    image = hr.float() / 255.0
+    if sigma > 0:
+        image = filter2d(image, anisotropic_kernel(2 * math.ceil(3 * sigma) + 1, sigma, sigma, 0.0))
+    lr = bicubic_downscale(to_uint8(image), scale).float() / 255.0
+    lr = lr + torch.randn(lr.shape, generator=g) * (float(config.noise_sigma) / 255.0)
+    return to_uint8(jpeg(lr.clamp(0, 1), config.jpeg_quality))
 
 
 def _one_order(g: torch.Generator, image: torch.Tensor, config: OrderConfig, base_size: tuple[int, int],

@@ -2,10 +2,11 @@
 # Reproduce the built-in model (flowsr/weights/flowsr_tiny.safetensors) from scratch:
 #   bash train/train_builtin.sh                                          # CPU
 #   bash train/train_builtin.sh --set train.mixed_precision=bf16 ...    # GPU; extra --set go to both stages
-# Photos come from Debian packages (train/DATA.md); stage 1 trains the flow, stage 2 distils it to one step.
+# Photos come from Debian packages (train/DATA.md; all 17 training photos, so the weights are CC-BY-SA-4.0);
+# stage 1 trains the flow on bicubic and mildly degraded LR, stage 2 distils it to one step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -d data/photos/train ] || python -m train.prepare_photos --out data/photos --no-share-alike
+[ -d data/photos_sa/train ] || python -m train.prepare_photos --out data/photos_sa
 python -m train.train --config train/configs/tiny_stage1.yaml "$@"
 python -m train.train --config train/configs/tiny_stage2.yaml "$@"
 mkdir -p flowsr/weights
