@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "bank": 0,                    # > 0: make this many (HR, LR) crops once and train on them
         "repeat": 1,                  # crops drawn per image per epoch
         "flip": True,                 # random horizontal flips and 90-degree rotations
+        "flat_prob": 0.0,             # share of made-on-the-fly pairs replaced by one flat colour (HR and its LR)
         "batch_size": 8,              # per process
         "num_workers": 2,
     },

@@ -118,7 +118,7 @@ class PairDataset(Dataset):
                  realesrgan: Optional[RealESRGANConfig] = None, mild: Optional[MildConfig] = None,
                  cache: bool = True,
                  max_side: Optional[int] = None, min_side: Optional[int] = None, repeat: int = 1,
-                 flip: bool = True):
+                 flip: bool = True, flat_prob: float = 0.0):
         if crop % scale:
             raise ValueError(f"data.crop ({crop}) must be a multiple of data.scale ({scale})")
         if degradation not in DEGRADATIONS:
@@ -130,6 +130,7 @@ class PairDataset(Dataset):
         self.mix_prob, self.mix_mild_prob = mix_prob, mix_mild_prob
         self.realesrgan, self.mild = realesrgan or RealESRGANConfig(), mild or MildConfig()
         self.cache, self.max_side, self.repeat, self.flip = cache, max_side, max(1, int(repeat)), flip
+        self.flat_prob = flat_prob
         min_side = min_side or crop
         report = SkipReport([], [], [])
         lr_by_name = {_stem_key(p, Path(lr)): p for p in list_images(lr)} if lr is not None else None
@@ -200,6 +201,8 @@ class PairDataset(Dataset):
             hr_crop = _dihedral(hr_crop, code)
             lr_crop = _dihedral(lr_crop, code) if lr_crop is not None else None
         if lr_crop is None:
+            if self.flat_prob and float(torch.rand((), generator=g)) < self.flat_prob:
+                hr_crop = _flat_crop(hr_crop.shape, g)
             lr_crop = self._degrade(hr_crop, g)
         return {"hr": hr_crop.contiguous(), "lr": lr_crop.contiguous()}
 
@@ -230,6 +233,13 @@ class PairDataset(Dataset):
 def _stem_key(path: Path, root: Path) -> str:
     """Pairs HR and LR files by relative path without extension (``a/b.png`` ~ ``a/b.jpg``)."""
     return str(path.relative_to(root).with_suffix("")) if root.is_dir() else path.stem
+
+
+def _flat_crop(shape: torch.Size, g: torch.Generator) -> torch.Tensor:
+    """A crop of one random colour: photos have few truly flat areas, and a model never shown one paints a
+    4-px pattern over it (issue #11)."""
+    colour = torch.randint(256, (shape[0], 1, 1), generator=g, dtype=torch.int64).to(torch.uint8)
+    return colour.expand(shape).contiguous()
 
 
 def _random_crop(image: torch.Tensor, side: int, g: torch.Generator) -> torch.Tensor:
@@ -297,7 +307,7 @@ def build_dataset(config: dict, seed: int) -> Dataset:
                         mix_mild_prob=config["mix_mild_prob"], realesrgan=RealESRGANConfig.from_dict(config["realesrgan"]),
                         mild=MildConfig.from_dict(config["mild"]), cache=config["cache"],
                         max_side=config["max_side"], min_side=config["min_side"], repeat=config["repeat"],
-                        flip=config["flip"])
+                        flip=config["flip"], flat_prob=config["flat_prob"])
     if config["bank"]:
         return BankDataset.build(pairs, int(config["bank"]), seed, num_workers=config["num_workers"])
     return pairs

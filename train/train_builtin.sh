@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d data/photos_sa/train ] || python -m train.prepare_photos --out data/photos_sa
+mkdir -p runs   # version 2 continues version 1, the file as commit ce0dbeb shipped it
+[ -f runs/builtin_v1.safetensors ] || git show ce0dbeb:flowsr/weights/flowsr_tiny.safetensors > runs/builtin_v1.safetensors
+# One thread: on a CPU shared with other work two threads wait on each other (3-4x slower, measured).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 python -m train.train --config train/configs/tiny_stage1.yaml "$@"
 python -m train.train --config train/configs/tiny_stage2.yaml "$@"
 mkdir -p flowsr/weights
