@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
+from .config import DataConfig
 from .degradations import MildConfig, RealESRGANConfig, bicubic_downscale, mild_degrade, realesrgan_degrade, to_uint8
 
 logger = logging.getLogger(__name__)
@@ -300,16 +301,16 @@ def to_model_inputs(batch: dict[str, torch.Tensor], dtype: torch.dtype = torch.f
     return hr, lr_up
 
 
-def build_dataset(config: dict, seed: int) -> Dataset:
+def build_dataset(config: DataConfig, seed: int) -> Dataset:
     """The training dataset described by the ``data`` section of a config."""
-    pairs = PairDataset(config["hr"], scale=config["scale"], crop=config["crop"], lr=config["lr"],
-                        degradation=config["degradation"], mix_prob=config["mix_realesrgan_prob"],
-                        mix_mild_prob=config["mix_mild_prob"], realesrgan=RealESRGANConfig.from_dict(config["realesrgan"]),
-                        mild=MildConfig.from_dict(config["mild"]), cache=config["cache"],
-                        max_side=config["max_side"], min_side=config["min_side"], repeat=config["repeat"],
-                        flip=config["flip"], flat_prob=config["flat_prob"])
-    if config["bank"]:
-        return BankDataset.build(pairs, int(config["bank"]), seed, num_workers=config["num_workers"])
+    pairs = PairDataset(config.hr, scale=config.scale, crop=config.crop, lr=config.lr,
+                        degradation=config.degradation, mix_prob=config.mix_realesrgan_prob,
+                        mix_mild_prob=config.mix_mild_prob, realesrgan=RealESRGANConfig.from_dict(config.realesrgan),
+                        mild=MildConfig.from_dict(config.mild), cache=config.cache,
+                        max_side=config.max_side, min_side=config.min_side, repeat=config.repeat,
+                        flip=config.flip, flat_prob=config.flat_prob)
+    if config.bank:
+        return BankDataset.build(pairs, config.bank, seed, num_workers=config.num_workers)
     return pairs
 
 
