@@ -56,9 +56,9 @@ for v in "${VARIANTS[@]}"; do   # bounded: on the first H200 run four of these t
   models=(--model "stage 1, 1 step=runs/sweep/$v/stage1/flowsr.safetensors@1"
           --model "stage 1, 4 steps=runs/sweep/$v/stage1/flowsr.safetensors@4"
           --model "distilled, 1 step=runs/sweep/$v/stage2/flowsr.safetensors@1")
-  ( timeout ${EVAL_TIMEOUT:-100} python3 -m train.compare_models --hr data/photos/val --device $DEVICE --no-ssimulacra2 \
+  ( timeout ${EVAL_TIMEOUT:-100} python3 -m train.compare_models --hr data/photos/val --device $DEVICE --no-ssimulacra2 --lr-kinds bicubic,Real-ESRGAN \
         "${models[@]}" --json runs/sweep/$v/val.json > /dev/null
-    timeout ${EVAL_TIMEOUT:-100} python3 -m train.compare_models --hr data/photos/test --device $DEVICE --no-ssimulacra2 \
+    timeout ${EVAL_TIMEOUT:-100} python3 -m train.compare_models --hr data/photos/test --device $DEVICE --no-ssimulacra2 --lr-kinds bicubic,Real-ESRGAN \
         "${models[@]}" --json runs/sweep/$v/test.json > runs/sweep/$v/test.md ) 2> "$OUT/$v.eval.log" &
 done
 wait

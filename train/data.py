@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
-from .degradations import RealESRGANConfig, realesrgan_degrade
+from .config import DataConfig
+from .degradations import MildConfig, RealESRGANConfig, bicubic_downscale, mild_degrade, realesrgan_degrade, to_uint8
 
 logger = logging.getLogger(__name__)
 
+DEGRADATIONS = ("realesrgan", "bicubic", "mild", "mix")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -52,20 +54,9 @@ def read_image(path: Path, max_side: Optional[int] = None) -> torch.Tensor:
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
 
 
-def bicubic_downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """The classic "bicubic x4" LR: PIL's antialiased bicubic, like MATLAB's imresize."""
-    image = Image.fromarray(hr.permute(1, 2, 0).numpy())
-    small = image.resize((hr.shape[2] // scale, hr.shape[1] // scale), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1).contiguous()
-
-
 def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     """The top-left part of a (C,H,W) image whose sides are multiples of ``multiple``: LR x scale = HR exactly."""
     return image[:, :image.shape[1] // multiple * multiple, :image.shape[2] // multiple * multiple]
-
-
-def to_uint8(image: torch.Tensor) -> torch.Tensor:
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -118,22 +109,29 @@ def _dihedral(image: torch.Tensor, code: int) -> torch.Tensor:
 class PairDataset(Dataset):
     """Random crops of HR images with their LR crops: degraded on the fly, or cut from a paired LR image.
 
-    ``degradation``: ``realesrgan``, ``bicubic`` or ``mix`` (Real-ESRGAN with probability ``mix_prob``).
+    ``degradation``: ``realesrgan``, ``bicubic``, ``mild`` or ``mix`` (Real-ESRGAN with probability
+    ``mix_prob``, mild with probability ``mix_mild_prob``, else bicubic).
     With ``cache`` every image is decoded once at start-up; otherwise each sample reads its file.
     """
 
     def __init__(self, hr: str | Path, scale: int = 4, crop: int = 128, lr: Optional[str | Path] = None,
-                 degradation: str = "realesrgan", mix_prob: float = 0.5,
-                 realesrgan: Optional[RealESRGANConfig] = None, cache: bool = True,
+                 degradation: str = "realesrgan", mix_prob: float = 0.5, mix_mild_prob: float = 0.0,
+                 realesrgan: Optional[RealESRGANConfig] = None, mild: Optional[MildConfig] = None,
+                 cache: bool = True,
                  max_side: Optional[int] = None, min_side: Optional[int] = None, repeat: int = 1,
-                 flip: bool = True):
+                 flip: bool = True, flat_prob: float = 0.0):
         if crop % scale:
             raise ValueError(f"data.crop ({crop}) must be a multiple of data.scale ({scale})")
-        if degradation not in ("realesrgan", "bicubic", "mix"):
-            raise ValueError(f"unknown data.degradation {degradation!r}; use realesrgan, bicubic or mix")
-        self.scale, self.crop, self.degradation, self.mix_prob = scale, crop, degradation, mix_prob
-        self.realesrgan = realesrgan or RealESRGANConfig()
+        if degradation not in DEGRADATIONS:
+            raise ValueError(f"unknown data.degradation {degradation!r}; use one of {', '.join(DEGRADATIONS)}")
+        if mix_prob + mix_mild_prob > 1:
+            raise ValueError(f"data.mix_realesrgan_prob + data.mix_mild_prob is {mix_prob + mix_mild_prob:g}; "
+                             "keep the sum at most 1 (the rest is bicubic)")
+        self.scale, self.crop, self.degradation = scale, crop, degradation
+        self.mix_prob, self.mix_mild_prob = mix_prob, mix_mild_prob
+        self.realesrgan, self.mild = realesrgan or RealESRGANConfig(), mild or MildConfig()
         self.cache, self.max_side, self.repeat, self.flip = cache, max_side, max(1, int(repeat)), flip
+        self.flat_prob = flat_prob
         min_side = min_side or crop
         report = SkipReport([], [], [])
         lr_by_name = {_stem_key(p, Path(lr)): p for p in list_images(lr)} if lr is not None else None
@@ -204,6 +202,8 @@ class PairDataset(Dataset):
             hr_crop = _dihedral(hr_crop, code)
             lr_crop = _dihedral(lr_crop, code) if lr_crop is not None else None
         if lr_crop is None:
+            if self.flat_prob and float(torch.rand((), generator=g)) < self.flat_prob:
+                hr_crop = _flat_crop(hr_crop.shape, g)
             lr_crop = self._degrade(hr_crop, g)
         return {"hr": hr_crop.contiguous(), "lr": lr_crop.contiguous()}
 
@@ -219,16 +219,28 @@ class PairDataset(Dataset):
         return hr[:, y * s:y * s + self.crop, x * s:x * s + self.crop], lr_crop
 
     def _degrade(self, hr_crop: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        use_realesrgan = self.degradation == "realesrgan" or (
-            self.degradation == "mix" and float(torch.rand((), generator=g)) < self.mix_prob)
-        if use_realesrgan:
+        kind = self.degradation
+        if kind == "mix":   # one draw picks the kind, so mix_mild_prob = 0 gives the same samples as before
+            draw = float(torch.rand((), generator=g))
+            kind = ("realesrgan" if draw < self.mix_prob else
+                    "mild" if draw < self.mix_prob + self.mix_mild_prob else "bicubic")
+        if kind == "realesrgan":
             return to_uint8(realesrgan_degrade(hr_crop.float() / 255.0, self.scale, g, self.realesrgan))
+        if kind == "mild":
+            return mild_degrade(hr_crop, self.scale, g, self.mild)
         return bicubic_downscale(hr_crop, self.scale)
 
 
 def _stem_key(path: Path, root: Path) -> str:
     """Pairs HR and LR files by relative path without extension (``a/b.png`` ~ ``a/b.jpg``)."""
     return str(path.relative_to(root).with_suffix("")) if root.is_dir() else path.stem
+
+
+def _flat_crop(shape: torch.Size, g: torch.Generator) -> torch.Tensor:
+    """A crop of one random colour: photos have few truly flat areas, and a model never shown one paints a
+    4-px pattern over it (issue #11)."""
+    colour = torch.randint(256, (shape[0], 1, 1), generator=g, dtype=torch.int64).to(torch.uint8)
+    return colour.expand(shape).contiguous()
 
 
 def _random_crop(image: torch.Tensor, side: int, g: torch.Generator) -> torch.Tensor:
@@ -289,15 +301,16 @@ def to_model_inputs(batch: dict[str, torch.Tensor], dtype: torch.dtype = torch.f
     return hr, lr_up
 
 
-def build_dataset(config: dict, seed: int) -> Dataset:
+def build_dataset(config: DataConfig, seed: int) -> Dataset:
     """The training dataset described by the ``data`` section of a config."""
-    pairs = PairDataset(config["hr"], scale=config["scale"], crop=config["crop"], lr=config["lr"],
-                        degradation=config["degradation"], mix_prob=config["mix_realesrgan_prob"],
-                        realesrgan=RealESRGANConfig.from_dict(config["realesrgan"]), cache=config["cache"],
-                        max_side=config["max_side"], min_side=config["min_side"], repeat=config["repeat"],
-                        flip=config["flip"])
-    if config["bank"]:
-        return BankDataset.build(pairs, int(config["bank"]), seed, num_workers=config["num_workers"])
+    pairs = PairDataset(config.hr, scale=config.scale, crop=config.crop, lr=config.lr,
+                        degradation=config.degradation, mix_prob=config.mix_realesrgan_prob,
+                        mix_mild_prob=config.mix_mild_prob, realesrgan=RealESRGANConfig.from_dict(config.realesrgan),
+                        mild=MildConfig.from_dict(config.mild), cache=config.cache,
+                        max_side=config.max_side, min_side=config.min_side, repeat=config.repeat,
+                        flip=config.flip, flat_prob=config.flat_prob)
+    if config.bank:
+        return BankDataset.build(pairs, config.bank, seed, num_workers=config.num_workers)
     return pairs
 
 

@@ -1,4 +1,5 @@
-"""Low-resolution images made on the fly: Real-ESRGAN's second-order degradation, in torch, one image at a time.
+"""Low-resolution images made on the fly, one image at a time: PIL bicubic (clean), the mild condition, and
+Real-ESRGAN's second-order degradation in torch.
 
 The model (Wang et al., "Real-ESRGAN", 2021) blurs, resizes, adds noise and JPEG-compresses the image, twice,
 then resizes to the target size with an optional sinc filter (ringing), in either order with a last JPEG.
@@ -73,6 +74,18 @@ def _replace_nested(obj, overrides: dict, where: str):
         changes[key] = (_replace_nested(current, value, f"{where}.{key}")
                         if dataclasses.is_dataclass(current) else value)
     return dataclasses.replace(obj, **changes)
+
+
+@dataclasses.dataclass
+class MildConfig:
+    """The mild condition (issue #12): a slightly soft camera, bicubic /scale, sensor noise, one JPEG pass."""
+    blur_sigma: float = 0.8        # Gaussian blur at HR, in HR pixels
+    noise_sigma: float = 5.0       # Gaussian noise at LR, per channel, in 8-bit levels
+    jpeg_quality: int = 75
+
+    @classmethod
+    def from_dict(cls, overrides: dict) -> "MildConfig":
+        return _replace_nested(cls(), overrides, "data.mild")
 
 
 # --- random draws --------------------------------------------------------------------------------------------
@@ -187,6 +200,33 @@ def jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
     return decoded.permute(2, 0, 1).float() / 255.0
 
 
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def bicubic_downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The classic "bicubic x4" LR of a uint8 (3,H,W) image: PIL's antialiased bicubic, like MATLAB's imresize."""
+    image = Image.fromarray(hr.permute(1, 2, 0).numpy())
+    small = image.resize((hr.shape[2] // scale, hr.shape[1] // scale), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1).contiguous()
+
+
+def mild_degrade(hr: torch.Tensor, scale: int, g: torch.Generator, config: MildConfig | None = None) -> torch.Tensor:
+    """A uint8 (3,H,W) HR image to its mildly degraded uint8 LR: blur, bicubic downscale, noise, JPEG.
+
+    The one definition of the mild condition: training (``data.degradation: mild`` or ``mix``), the "mild" row
+    of ``train.compare_models`` and ``python -m train.degradations --kind mild`` all call it.
+    """
+    config = config or MildConfig()
+    sigma = float(config.blur_sigma)
+    image = hr.float() / 255.0
+    if sigma > 0:
+        image = filter2d(image, anisotropic_kernel(2 * math.ceil(3 * sigma) + 1, sigma, sigma, 0.0))
+    lr = bicubic_downscale(to_uint8(image), scale).float() / 255.0
+    lr = lr + torch.randn(lr.shape, generator=g) * (float(config.noise_sigma) / 255.0)
+    return to_uint8(jpeg(lr.clamp(0, 1), config.jpeg_quality))
+
+
 def _one_order(g: torch.Generator, image: torch.Tensor, config: OrderConfig, base_size: tuple[int, int],
                with_jpeg: bool) -> torch.Tensor:
     """Blur, resize by a random factor of ``base_size``, noise, and (first order only) JPEG."""
@@ -235,47 +275,3 @@ def realesrgan_degrade(hr: torch.Tensor, scale: int, g: torch.Generator,
     if not jpeg_first:
         image = jpeg(image, quality)
     return image.clamp(0, 1)
-
-
-def degrade_held_out(hr: torch.Tensor, scale: int, seed: int) -> torch.Tensor:
-    """The fixed Real-ESRGAN LR (uint8) of one held-out uint8 HR image whose sides are multiples of ``scale``.
-
-    Test sets seed their i-th image with ``seed + i``, so :func:`degrade_folder` writes the very LR images
-    that ``train.compare_models`` scores.
-    """
-    lr = realesrgan_degrade(hr.float() / 255.0, scale, torch.Generator().manual_seed(seed))
-    return (lr * 255).round().to(torch.uint8)
-
-
-def degrade_folder(hr_dir: str, out_dir: str, scale: int = 4, seed: int = 0) -> list[str]:
-    """Write a Real-ESRGAN-degraded LR version of every image in ``hr_dir`` (a fixed test set: seeded per file).
-
-    Images are cropped to a multiple of ``scale`` first (the top-left part), so LR x scale = HR exactly.
-    """
-    from pathlib import Path
-
-    from .data import crop_to_multiple, list_images, read_image
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for index, path in enumerate(list_images(hr_dir)):
-        lr = degrade_held_out(crop_to_multiple(read_image(path), scale), scale, seed + index)
-        target = out / (path.stem + ".png")
-        Image.fromarray(lr.permute(1, 2, 0).numpy()).save(target)
-        written.append(str(target))
-    return written
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m train.degradations",
-                                     description="Real-ESRGAN-degraded LR images of a folder of HR images.")
-    parser.add_argument("hr_dir")
-    parser.add_argument("out_dir")
-    parser.add_argument("--scale", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    for name in degrade_folder(args.hr_dir, args.out_dir, args.scale, args.seed):
-        print(name)

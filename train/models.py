@@ -29,6 +29,8 @@ from flowsr.models.base import FlowSRModel
 from flowsr.models.sd import SDFlowSRModel
 from flowsr.models.tiny import DEFAULT_CONFIG, TinyFlowSR, load_tiny, save_tiny
 
+from .config import ModelConfig
+
 logger = logging.getLogger(__name__)
 
 Targets = Union[str, list]
@@ -49,49 +51,49 @@ class BuiltModel:
     lora: Optional[LoraSetup] = None   # None for the tiny model (trained in full)
 
 
-def build_model(config: dict, base_components=None) -> BuiltModel:
+def build_model(config: ModelConfig, base_components=None) -> BuiltModel:
     """The model of the ``model`` config section, with ``requires_grad`` set on exactly what trains.
 
     ``base_components`` (``unet, vae, text_encoder, tokenizer``) bypasses ``model.base_model`` (tests).
     """
-    if config["type"] == "tiny":
+    if config.type == "tiny":
         return BuiltModel(_build_tiny(config))
-    if config["type"] == "sd":
+    if config.type == "sd":
         return _build_sd(config, base_components)
-    raise ValueError(f"unknown model.type {config['type']!r}; use tiny or sd")
+    raise ValueError(f"unknown model.type {config.type!r}; use tiny or sd")
 
 
-def _build_tiny(config: dict) -> TinyFlowSR:
-    if config["init"]:
-        model = load_tiny(config["init"])
-        if config["config"] and config["config"] != model.config:
-            logger.warning("model.config differs from the architecture stored in %s; using the file's", config["init"])
-        logger.info("tiny model initialised from %s", config["init"])
+def _build_tiny(config: ModelConfig) -> TinyFlowSR:
+    if config.init:
+        model = load_tiny(config.init)
+        if config.config and config.config != model.config:
+            logger.warning("model.config differs from the architecture stored in %s; using the file's", config.init)
+        logger.info("tiny model initialised from %s", config.init)
     else:
-        model = TinyFlowSR(config["config"] or DEFAULT_CONFIG)
+        model = TinyFlowSR(config.config or DEFAULT_CONFIG)
     return model.train().requires_grad_(True)
 
 
-def _build_sd(config: dict, base_components) -> BuiltModel:
+def _build_sd(config: ModelConfig, base_components) -> BuiltModel:
     if base_components is None:
-        if not config["base_model"]:
+        if not config.base_model:
             raise ValueError("model.type sd needs model.base_model: an SD 2.1-base diffusers folder or single file")
-        base_components = load_base_components(config["base_model"])
+        base_components = load_base_components(config.base_model)
     unet, vae, text_encoder, tokenizer = base_components
-    if config["init"]:
-        initial = read_lora(config["init"])
+    if config.init:
+        initial = read_lora(config.init)
         apply_lora(initial, unet, vae, merge=False)   # adapters as stored, kept trainable
         lora = LoraSetup(initial.unet.rank, initial.unet.target_modules,
                          initial.vae.rank if initial.vae else None,
                          initial.vae.target_modules if initial.vae else None)
         logger.info("SD model initialised from %s (UNet LoRA rank %d%s); model.*_lora settings are not used",
-                    config["init"], lora.unet_rank, f", VAE LoRA rank {lora.vae_rank}" if lora.vae_rank else "")
+                    config.init, lora.unet_rank, f", VAE LoRA rank {lora.vae_rank}" if lora.vae_rank else "")
     else:
-        lora = LoraSetup(int(config["unet_lora"]["rank"]), list(config["unet_lora"]["target_modules"]))
+        lora = LoraSetup(config.unet_lora.rank, list(config.unet_lora.target_modules))
         add_lora(unet, lora.unet_rank, lora.unet_targets, UNET_ADAPTER)
-        if config["vae_lora"]["rank"]:
-            lora.vae_rank = int(config["vae_lora"]["rank"])
-            lora.vae_targets = encoder_targets(vae, config["vae_lora"]["target_modules"])
+        if config.vae_lora.rank:
+            lora.vae_rank = config.vae_lora.rank
+            lora.vae_targets = encoder_targets(vae, config.vae_lora.target_modules)
             add_lora(vae, lora.vae_rank, lora.vae_targets, VAE_ADAPTER)
     model = SDFlowSRModel.from_components(unet, vae, text_encoder, tokenizer)
     model.requires_grad_(False)

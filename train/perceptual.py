@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import IQAModelConfig, IQAConfig, LPIPSConfig
+
 logger = logging.getLogger(__name__)
 
 # VGG16's feature stack as torchvision numbers it (so its weight keys load as they are): conv widths, "M" = pool.
@@ -99,13 +101,13 @@ class _PackageLPIPS(nn.Module):
         return self.net(a, b).flatten()
 
 
-def load_lpips(config: dict) -> Optional[nn.Module]:
+def load_lpips(config: LPIPSConfig) -> Optional[nn.Module]:
     """LPIPS from local files or the ``lpips`` package, or None (with a log line saying why and how to enable it)."""
-    if config.get("vgg_weights") and config.get("linear_weights"):
-        model = LPIPS.from_files(config["vgg_weights"], config["linear_weights"])
-        logger.info("LPIPS loss on: VGG16 weights from %s", config["vgg_weights"])
+    if config.vgg_weights and config.linear_weights:
+        model = LPIPS.from_files(config.vgg_weights, config.linear_weights)
+        logger.info("LPIPS loss on: VGG16 weights from %s", config.vgg_weights)
         return model
-    if config.get("package", True):
+    if config.package:
         try:
             import lpips  # imports torchvision; may try to download VGG weights
             model = _PackageLPIPS(lpips.LPIPS(net="vgg", verbose=False))
@@ -161,15 +163,15 @@ def _projected(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def load_clip_iqa(clip_config: dict, iqa_config: dict) -> Optional[CLIPIQALoss]:
+def load_clip_iqa(clip_config: IQAModelConfig, iqa_config: IQAConfig) -> Optional[CLIPIQALoss]:
     """The CLIP-IQA loss from ``clip.path``, or None (with a log line) when no local CLIP model is set."""
-    path = clip_config.get("path")
+    path = clip_config.path
     if not path:
         logger.warning("CLIP image-quality loss (L_iqa) OFF: clip.path is not set; point it at a local "
                        "CLIP model folder (transformers layout, e.g. openai/clip-vit-base-patch32) to enable it.")
         return None
     if not Path(path).is_dir():
         raise FileNotFoundError(f"clip.path {path} is not a folder; give a local CLIP model folder or unset it")
-    loss = CLIPIQALoss.from_pretrained(path, iqa_config["positive"], iqa_config["negative"], iqa_config["temperature"])
+    loss = CLIPIQALoss.from_pretrained(path, iqa_config.positive, iqa_config.negative, iqa_config.temperature)
     logger.info("CLIP image-quality loss on: %s", path)
     return loss

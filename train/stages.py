@@ -5,6 +5,7 @@ named loss terms; the loop in :mod:`train.train` does the backward passes and op
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
@@ -15,6 +16,7 @@ from torch import nn
 from flowsr.flow import consistency, euler_step, interpolate, velocity_target
 from flowsr.models.base import FlowSRModel
 
+from .config import TrainConfig
 from .losses import ImageDistance, LatentDiscriminator, discriminator_loss, generator_loss
 from .models import BuiltModel, adapters_disabled, frozen_copy, with_denoiser
 from .timesteps import sample_pairs, sample_t
@@ -65,13 +67,13 @@ class StepOutput:
 class Stage1:
     """SR-flow pre-training: ``d(dec f(x_t, t), X_HR)`` with ``f(x_t, t) = x_t - t v`` (+ optional latent MSE)."""
 
-    def __init__(self, config: dict, model: FlowSRModel, lpips: Optional[nn.Module], generator: torch.Generator):
+    def __init__(self, config: TrainConfig, model: FlowSRModel, lpips: Optional[nn.Module], generator: torch.Generator):
         self.model, self.generator = model, generator
-        self.sampling = config["stage1"]
-        weights = self.sampling["weights"]
-        self.image_loss = ImageDistance(weights["l2"], weights["lpips"], lpips) if (
-            weights["l2"] or (weights["lpips"] and lpips is not None)) else None
-        self.latent_weight = float(weights["latent_mse"])
+        self.sampling = config.stage1
+        weights = self.sampling.weights
+        self.image_loss = ImageDistance(weights.l2, weights.lpips, lpips) if (
+            weights.l2 or (weights.lpips and lpips is not None)) else None
+        self.latent_weight = weights.latent_mse
         if self.image_loss is None and not self.latent_weight:
             raise ValueError("stage1.weights switch every loss off; keep l2 (or lpips, or latent_mse) above 0")
 
@@ -81,8 +83,8 @@ class Stage1:
     def __call__(self, student: nn.Module, hr: torch.Tensor, lr: torch.Tensor, step: int,
                  discriminator: Optional[nn.Module] = None) -> StepOutput:
         s = self.sampling
-        t = sample_t(len(hr), self.generator, s["t_sampling"], s["logit_normal"]["mean"], s["logit_normal"]["std"],
-                     s["fast_steps"], s["t_one_prob"]).to(hr.device)
+        t = sample_t(len(hr), self.generator, s.t_sampling, s.logit_normal.mean, s.logit_normal.std,
+                     s.fast_steps, s.t_one_prob).to(hr.device)
         x_hr = encode_hr(self.model, hr)
         out = student(t, x_hr=x_hr, lr=lr)
         losses: dict[str, torch.Tensor] = {}
@@ -146,19 +148,18 @@ class Stage2:
     A weight of 0 switches a term off (and skips its computation).
     """
 
-    def __init__(self, config: dict, model: FlowSRModel, parts: Stage2Parts, lpips: Optional[nn.Module],
+    def __init__(self, config: TrainConfig, model: FlowSRModel, parts: Stage2Parts, lpips: Optional[nn.Module],
                  generator: torch.Generator):
         self.model, self.parts, self.generator = model, parts, generator
-        self.config = config["stage2"]
-        self.weights = {name: float(w) for name, w in self.config["weights"].items()}
+        self.config = config.stage2
+        self.weights = dataclasses.asdict(self.config.weights)
         if parts.discriminator is None:
             self.weights["adv"] = 0.0
         if parts.clip_iqa is None:
             self.weights["iqa"] = 0.0
         if not any(self.weights.values()):
             raise ValueError("stage2.weights switch every loss off; keep at least one of cd, hr, flow above 0")
-        d = self.config["distance"]
-        self.distance = ImageDistance(d["l2"], d["lpips"], lpips)
+        self.distance = ImageDistance(self.config.distance.l2, self.config.distance.lpips, lpips)
         logger.info("stage 2 losses: %s", ", ".join(f"{k}={v:g}" + ("" if v else " (off)") for k, v in self.weights.items()))
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -166,13 +167,13 @@ class Stage2:
         return modules + ([self.parts.clip_iqa] if self.parts.clip_iqa is not None else [])
 
     def adversarial_active(self, step: int) -> bool:
-        return self.weights["adv"] > 0 and step >= int(self.config["adv"]["start_step"])
+        return self.weights["adv"] > 0 and step >= self.config.adv.start_step
 
     def __call__(self, student: nn.Module, hr: torch.Tensor, lr: torch.Tensor, step: int,
                  discriminator: Optional[nn.Module] = None) -> StepOutput:
         w, batch = self.weights, len(hr)
-        t_prime, t = (x.to(hr.device) for x in sample_pairs(batch, self.generator, self.config["pairs"],
-                                                            self.config["n_fast"], self.config["n_slow"]))
+        t_prime, t = (x.to(hr.device) for x in sample_pairs(batch, self.generator, dataclasses.asdict(self.config.pairs),
+                                                            self.config.n_fast, self.config.n_slow))
         with torch.no_grad():
             x_hr = encode_hr(self.model, hr)
             x_lr = self.model.encode(lr)
@@ -201,38 +202,38 @@ class Stage2:
         fake = None
         if self.adversarial_active(step):
             fake = torch.cat([f_tp, f_t])
-            losses["adv"] = w["adv"] * generator_loss(discriminator(fake), self.config["adv"]["loss"])
+            losses["adv"] = w["adv"] * generator_loss(discriminator(fake), self.config.adv.loss)
         losses["loss"] = sum(losses.values())
         return StepOutput(losses, real=x_hr if fake is not None else None,
                           fake=fake.detach() if fake is not None else None)
 
     def discriminator_step_loss(self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         logits = discriminator(torch.cat([real, fake]))
-        return discriminator_loss(logits[:len(real)], logits[len(real):], self.config["adv"]["loss"])
+        return discriminator_loss(logits[:len(real)], logits[len(real):], self.config.adv.loss)
 
 
-def build_stage2(config: dict, built: BuiltModel, clip_iqa: Optional[nn.Module], load_teacher) -> Stage2Parts:
+def build_stage2(config: TrainConfig, built: BuiltModel, clip_iqa: Optional[nn.Module], load_teacher) -> Stage2Parts:
     """Teacher, EMA target and discriminator around the student ``built.model`` (initialised from stage 1).
 
     ``load_teacher(path)`` builds a model from another file when ``stage2.teacher`` differs from
     ``model.init``; by default the teacher is a frozen copy of the initial student.
     """
-    model, stage2 = built.model, config["stage2"]
-    teacher_path = stage2["teacher"] or config["model"]["init"]
+    model, stage2 = built.model, config.stage2
+    teacher_path = stage2.teacher or config.model.init
     if not teacher_path:
         raise ValueError("stage 2 distils a stage-1 model: set model.init (and optionally stage2.teacher) to "
                          "the stage-1 flowsr.safetensors")
-    if config["model"]["init"] and str(teacher_path) == str(config["model"]["init"]):
+    if config.model.init and str(teacher_path) == str(config.model.init):
         teacher_denoiser = frozen_copy(model.denoiser, merge=built.lora is not None)
     else:
         teacher_denoiser = frozen_copy(load_teacher(teacher_path).denoiser, merge=built.lora is not None)
     # The encoder is the stage-1 one, frozen: stage 2 distils the velocity network.
     for parameter in model.autoencoder.parameters():
         parameter.requires_grad_(False)
-    ema = EMA(model.denoiser, float(stage2["ema_decay"]))
+    ema = EMA(model.denoiser, stage2.ema_decay)
     discriminator = None
-    if float(stage2["weights"]["adv"]):
-        adv = stage2["adv"]
-        discriminator = LatentDiscriminator(model.latent_channels, adv["channels"], adv["layers"], adv["spectral_norm"])
+    if stage2.weights.adv:
+        adv = stage2.adv
+        discriminator = LatentDiscriminator(model.latent_channels, adv.channels, adv.layers, adv.spectral_norm)
     return Stage2Parts(teacher=with_denoiser(model, teacher_denoiser), ema=ema, target=with_denoiser(model, ema.network),
                        discriminator=discriminator, clip_iqa=clip_iqa)

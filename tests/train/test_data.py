@@ -5,9 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from train.data import (BankDataset, PairDataset, SeededSampler, bicubic_downscale, list_images, load_validation,
+from train.data import (BankDataset, PairDataset, SeededSampler, list_images, load_validation,
                         to_model_inputs)
-from train.degradations import RealESRGANConfig, anisotropic_kernel, realesrgan_degrade, sinc_kernel
+from train.degradations import (MildConfig, RealESRGANConfig, anisotropic_kernel, bicubic_downscale, mild_degrade,
+                                realesrgan_degrade, sinc_kernel)
+from train.held_out import degrade_folder
 
 
 def test_broken_and_small_files_are_skipped_and_counted(photos):
@@ -117,8 +119,6 @@ def test_degradation_overrides_are_checked():
 
 
 def test_degrade_folder_writes_a_reproducible_lr_set(photos, tmp_path):
-    from train.degradations import degrade_folder
-
     hr_dir = tmp_path / "hr"
     hr_dir.mkdir()
     for name in ("photo0.png", "photo1.png"):
@@ -128,3 +128,34 @@ def test_degrade_folder_writes_a_reproducible_lr_set(photos, tmp_path):
     assert [Image.open(p).size for p in first] == [(20, 18), (20, 20)]
     for name in ("photo0.png", "photo1.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_mild_degradation_is_seeded_noisy_and_close_to_the_clean_downscale():
+    y, x = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    grey = 128 + 60 * torch.sin(x / 9) + 40 * torch.cos(y / 7)   # grey: JPEG's chroma subsampling costs nothing
+    hr = grey.expand(3, -1, -1).round().to(torch.uint8).contiguous()
+    a, b = (mild_degrade(hr, 4, torch.Generator().manual_seed(0)) for _ in range(2))
+    c = mild_degrade(hr, 4, torch.Generator().manual_seed(1))
+    assert a.dtype == torch.uint8 and a.shape == (3, 16, 16)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    clean = bicubic_downscale(hr, 4).float()
+    difference = (a.float() - clean).abs().mean()
+    assert 2 < difference < 12   # noise sigma 5 and JPEG 75: degraded, but the same image
+    quiet = mild_degrade(hr, 4, torch.Generator().manual_seed(0), MildConfig(blur_sigma=0, noise_sigma=0, jpeg_quality=100))
+    assert (quiet.float() - clean).abs().mean() < difference / 2
+
+
+def test_mix_draws_mild_pairs_in_its_share_and_flat_pairs_stay_flat(photos):
+    mixed = PairDataset(photos, crop=32, degradation="mix", mix_prob=0.0, mix_mild_prob=0.5, flip=False)
+    clean = PairDataset(photos, crop=32, degradation="bicubic", flip=False)
+    keys = [(i % len(mixed), 1000 + i) for i in range(40)]
+    assert all(torch.equal(mixed[k]["hr"], clean[k]["hr"]) for k in keys)   # the same crops...
+    differs = sum(not torch.equal(mixed[k]["lr"], clean[k]["lr"]) for k in keys)
+    assert 10 <= differs <= 30   # ...and a mild LR for about half of them
+    flat = PairDataset(photos, crop=32, degradation="bicubic", flat_prob=1.0)
+    sample = flat[(0, 7)]
+    for image in (sample["hr"], sample["lr"]):
+        assert torch.equal(image.amin((1, 2)), image.amax((1, 2)))   # one colour each
+    assert torch.equal(sample["lr"][:, 0, 0], sample["hr"][:, 0, 0])
+    with pytest.raises(ValueError, match="at most 1"):
+        PairDataset(photos, crop=32, degradation="mix", mix_prob=0.6, mix_mild_prob=0.6)

@@ -1,4 +1,5 @@
 """What the trainer exports loads unchanged in flowsr (library and CLI) and holds the trained weights."""
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_sd_lora_export_loads_in_flowsr_and_matches_the_trained_model(sd_stage1,
     assert not any(key.startswith("vae.decoder.") for key in exported)          # the decoder stays the base one
     # flowsr's loader (LoRA merged into the weights) and the trainer's model (peft layers) agree.
     merged = load_model(sd_stage1, tiny_sd_folder, device="cpu", dtype="fp32")
-    unmerged = build_model({**load_config()["model"], "type": "sd", "init": str(sd_stage1)},
+    unmerged = build_model(dataclasses.replace(load_config().model, type="sd", init=str(sd_stage1)),
                            base_components=make_sd_components()).model.eval()
     torch.manual_seed(0)
     pixels = torch.rand(1, 3, 64, 64) * 2 - 1

@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from train.losses import ImageDistance, LatentDiscriminator, discriminator_loss, generator_loss
+from train.config import IQAModelConfig, IQAConfig, LPIPSConfig
 from train.perceptual import LPIPS, load_clip_iqa, load_lpips
 
 
@@ -24,7 +25,7 @@ def lpips_files(tmp_path_factory):
 
 
 def test_lpips_from_local_files(lpips_files):
-    lpips = load_lpips({"vgg_weights": str(lpips_files[0]), "linear_weights": str(lpips_files[1])})
+    lpips = load_lpips(LPIPSConfig(vgg_weights=str(lpips_files[0]), linear_weights=str(lpips_files[1])))
     torch.manual_seed(1)
     a = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
     b = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -38,7 +39,7 @@ def test_lpips_from_local_files(lpips_files):
 
 def test_lpips_off_is_logged(caplog):
     with caplog.at_level(logging.WARNING):
-        assert load_lpips({"package": True, "vgg_weights": None, "linear_weights": None}) is None
+        assert load_lpips(LPIPSConfig(package=True)) is None
     assert "LPIPS loss OFF" in caplog.text
 
 
@@ -69,7 +70,7 @@ def clip_folder(tmp_path_factory, tiny_tokenizer):
 
 
 def test_clip_iqa_pulls_images_towards_the_positive_caption(clip_folder):
-    loss = load_clip_iqa({"path": str(clip_folder)}, {"positive": "hi", "negative": "the", "temperature": 100.0})
+    loss = load_clip_iqa(IQAModelConfig(str(clip_folder)), IQAConfig("hi", "the", 100.0))
     images = (torch.rand(2, 3, 40, 40) * 2 - 1).requires_grad_(True)
     values = loss(images)
     assert values.shape == (2,) and (values > 0).all()
@@ -82,7 +83,7 @@ def test_clip_iqa_pulls_images_towards_the_positive_caption(clip_folder):
 
 def test_clip_iqa_off_is_logged(caplog):
     with caplog.at_level(logging.WARNING):
-        assert load_clip_iqa({"path": None}, {}) is None
+        assert load_clip_iqa(IQAModelConfig(None), IQAConfig()) is None
     assert "L_iqa) OFF" in caplog.text
 
 
