@@ -69,16 +69,16 @@ class Tiling:
         """The caller's tiling, with what they left open (None) chosen for ``free`` bytes of working memory.
 
         No tiles when the whole image fits in half the free memory: one pass is the fastest and the exact one.
-        Otherwise the largest tile of which a call fits in an eighth of it; as many tiles (or whole images) per
-        call as fit in a quarter. ``bytes_per_pixel`` is the working memory one output pixel needs. With
+        Otherwise the largest tile of which a call fits in an eighth of it; with automatic tiles, as many tiles
+        (or whole images of a batch) per call as fit in a quarter. ``bytes_per_pixel`` is the working memory one output pixel needs. With
         ``free`` unknown, the model's defaults.
         """
         automatic = size is None
         if automatic:
             size = cls._automatic_size(free, output_pixels, latent_factor, bytes_per_pixel, default_size)
-        if batch is None:
+        if batch is None:  # automatic with automatic tiles only: a tile size asked for means one tile per call
             call_pixels = output_pixels if size == 0 else (size * latent_factor) ** 2
-            batch = 1 if free is None else _fitting(free / 4, call_pixels * bytes_per_pixel)
+            batch = _fitting(free / 4, call_pixels * bytes_per_pixel) if automatic and free is not None else 1
         tiling = cls(size, min(default_overlap, size // 3) if overlap is None else overlap, batch)
         tiling.check(automatic)
         return tiling

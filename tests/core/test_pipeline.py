@@ -237,3 +237,38 @@ def test_an_overlap_too_large_for_the_automatic_tile_is_refused_before_any_work(
     with pytest.raises(BadInputError, match="overlap 200 is more than half the tile size.*automatically"):
         tiny_pipeline.upscale_tensor(image, tile_overlap=200, progress=lambda d, t: calls.append(t))
     assert calls == []
+
+
+def test_fp16_on_the_cpu_is_refused_with_what_to_use_instead():
+    from flowsr.devices import resolve_dtype
+
+    for dtype in ("fp16", torch.float16):
+        with pytest.raises(BadInputError, match="fp16 on the CPU.*use fp32"):
+            resolve_dtype(dtype, "cpu")
+    assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("bf16", "cpu") == torch.bfloat16
+
+
+def test_an_array_with_nan_values_is_refused_naming_them(tiny_pipeline):
+    array = np.random.rand(16, 16, 3).astype(np.float32)
+    array[4:8, 4:8] = np.nan
+    with pytest.raises(BadInputError, match="48 NaN"):
+        tiny_pipeline.upscale(array)
+    with pytest.raises(BadInputError, match="NaN"):
+        tiny_pipeline.upscale_tensor(torch.from_numpy(array).permute(2, 0, 1)[None])
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to "
+                 "allocate 21474836480 bytes."),
+    MemoryError(),
+])
+def test_running_out_of_cpu_memory_backs_off_then_says_what_to_do(tiny_pipeline, image, monkeypatch, error):
+    sizes = []
+
+    def velocity(x_t, t):
+        sizes.append(x_t.shape[-1])
+        raise error
+    monkeypatch.setattr(tiny_pipeline.model, "velocity", velocity)
+    with pytest.raises(OutOfMemoryError, match="close other programs"):
+        tiny_pipeline.upscale_tensor(image, scale=8, tile_size=0)
+    assert sizes[0] == 64 and sizes[-1] == 16  # untiled, then tiles of 64, 32, 16
