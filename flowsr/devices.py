@@ -57,8 +57,10 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
 
 
 #: How PyTorch's allocators word running out: CUDA and MPS ("out of memory"), the CPU's DefaultCPUAllocator
-#: ("not enough memory: you tried to allocate ..."), and the C library's ENOMEM.
-_OUT_OF_MEMORY_WORDS = ("out of memory", "not enough memory", "cannot allocate memory", "can't allocate memory")
+#: ("not enough memory: you tried to allocate ..."), the C library's ENOMEM, and oneDNN, whose convolutions
+#: fail to "create a primitive" when their workspace cannot be allocated (seen under ``ulimit -v``).
+_OUT_OF_MEMORY_WORDS = ("out of memory", "not enough memory", "cannot allocate memory", "can't allocate memory",
+                        "could not create a primitive")
 
 
 def is_out_of_memory(error: BaseException) -> bool:
