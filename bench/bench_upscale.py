@@ -45,9 +45,38 @@ def build_pipeline(model: str, device: str, dtype: str):
         network = TinyFlowSR()
     elif model == "sd-tiny":
         network = sd_tiny()
+    elif model == "sd-stub":
+        network = sd_stub()
+    elif model == "sd-stub":
+        network = SDShapedStub()
     else:
         return FlowSRPipeline.from_pretrained(device=device_, dtype=dtype_)
     return FlowSRPipeline(network.to(device_, dtype_))
+
+
+def sd_stub():
+    """SD's latent shape (4 channels at 1/8) with networks of one convolution each: the pipeline's own memory."""
+    from torch import nn
+    import torch.nn.functional as F
+
+    from flowsr.models.base import FlowSRModel
+
+    class SDShapedStub(FlowSRModel):
+        def __init__(self):
+            super().__init__()
+            self.autoencoder = nn.ModuleDict({"encoder": nn.Conv2d(3, 4, 1), "norm": nn.GroupNorm(1, 4),
+                                              "decoder": nn.Conv2d(4, 3, 1)})
+            self.denoiser = nn.Conv2d(4, 4, 1)
+
+        def encode(self, pixels, generator=None):
+            return self.autoencoder["norm"](self.autoencoder["encoder"](F.avg_pool2d(pixels, 8)))
+
+        def decode(self, latent):
+            return F.interpolate(self.autoencoder["decoder"](latent), scale_factor=8.0, mode="nearest")
+
+        def velocity(self, x_t, t):
+            return self.denoiser(x_t) * 0.1
+    return SDShapedStub()
 
 
 def sd_tiny():
@@ -180,7 +209,7 @@ def report(name: str, result: dict, baseline: dict | None = None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("sd-random", "builtin", "tiny-random", "sd-tiny"), default="builtin")
+    parser.add_argument("--model", choices=("sd-random", "builtin", "tiny-random", "sd-tiny", "sd-stub"), default="builtin")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--input", type=int, default=256, help="input side in pixels")
@@ -253,6 +282,13 @@ def streaming(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     small = sd(input=256)
     report("256 -> 1024", small)
     report("1024 -> 4096 (16x the pixels)", sd(input=1024, warmup=False), small)
+    stub = Runner(parser, common + ["--model", "sd-stub", "--tile-size", "32", "--tile-overlap", "8", "--uint8",
+                                    "--repeat", "1"])
+    print("   the same with one-convolution networks (the pipeline's own buffers, minutes instead of hours):")
+    small = stub(input=256)
+    report("256 -> 1024, sd-stub", small)
+    report("1024 -> 4096, sd-stub", stub(input=1024, warmup=False), small)
+    report("2048 -> 8192, sd-stub", stub(input=2048, warmup=False), small)
 
     print("\n-- a print size: built-in model, automatic tiles, 8-bit in and out --")
     builtin = Runner(parser, common + ["--model", "builtin", "--uint8"])
