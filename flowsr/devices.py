@@ -36,8 +36,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu") -> torch.dtype:
     """``auto`` is bf16 on CUDA where supported, fp16 on other GPUs, fp32 on the CPU.
 
-    fp16 on the CPU is refused: PyTorch has few fp16 CPU kernels, and it ran 3.4x to 50x slower than fp32
-    there (bf16, which has them, is allowed).
+    ``fp16`` on the CPU is refused: PyTorch has few fp16 CPU kernels, and it ran 3.4x to 50x slower than fp32
+    there (bf16, which has them, is allowed; ``torch.float16`` passed from code is taken as given).
     """
     device = torch.device(device)
     if isinstance(dtype, torch.dtype):
@@ -50,7 +50,7 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
         resolved = DTYPES[dtype]
     else:
         raise BadInputError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16")
-    if resolved == torch.float16 and device.type == "cpu":
+    if dtype == "fp16" and device.type == "cpu":  # a user's choice; a torch.dtype from code is taken as given
         raise BadInputError("fp16 on the CPU is many times slower than fp32, not faster; use fp32 (or auto, which "
                             "is fp32 on the CPU)")
     return resolved

@@ -242,9 +242,8 @@ def test_an_overlap_too_large_for_the_automatic_tile_is_refused_before_any_work(
 def test_fp16_on_the_cpu_is_refused_with_what_to_use_instead():
     from flowsr.devices import resolve_dtype
 
-    for dtype in ("fp16", torch.float16):
-        with pytest.raises(BadInputError, match="fp16 on the CPU.*use fp32"):
-            resolve_dtype(dtype, "cpu")
+    with pytest.raises(BadInputError, match="fp16 on the CPU.*use fp32"):
+        resolve_dtype("fp16", "cpu")
     assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("bf16", "cpu") == torch.bfloat16
 
 
