@@ -2,15 +2,25 @@
 
 One-step diffusion super-resolution drifts in colour; FlowSR, like StableSR and OSEDiff, corrects it against
 the LR input resized (bicubic) to the output size. All functions take and return (B, 3, H, W) tensors.
+The wavelet fix is local (:data:`MARGINS` says how far it reads), so it runs on rectangles of the output;
+adain needs whole-image statistics, which the pipeline takes from small copies when the image is tiled.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 COLOR_FIXES = ("wavelet", "adain", "none")
+WAVELET_LEVELS = 5
+#: How far (pixels) each fix reads beyond the pixel it sets: the wavelet's dilations 1 + 2 + ... + 16.
+MARGINS = {"wavelet": 2 ** WAVELET_LEVELS - 1, "adain": 0, "none": 0}
 
 _BLUR_KERNEL = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=torch.float32) / 16
+
+Statistics = tuple[torch.Tensor, torch.Tensor]
+"""Per-channel (mean, standard deviation), each (B, 3, 1, 1)."""
 
 
 def wavelet_blur(image: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -21,7 +31,7 @@ def wavelet_blur(image: torch.Tensor, dilation: int) -> torch.Tensor:
     return F.conv2d(padded, kernel, groups=channels, dilation=dilation)
 
 
-def wavelet_split(image: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def wavelet_split(image: torch.Tensor, levels: int = WAVELET_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
     """(high, low) frequencies, with ``high + low == image``, over ``levels`` dilations 1, 2, 4, ..."""
     low = image
     for level in range(levels):
@@ -29,28 +39,33 @@ def wavelet_split(image: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, t
     return image - low, low
 
 
-def wavelet_color_fix(content: torch.Tensor, reference: torch.Tensor, levels: int = 5) -> torch.Tensor:
+def wavelet_color_fix(content: torch.Tensor, reference: torch.Tensor, levels: int = WAVELET_LEVELS) -> torch.Tensor:
     high, _ = wavelet_split(content, levels)
     _, low = wavelet_split(reference, levels)
     return high + low
 
 
-def adain_color_fix(content: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Match each channel's mean and standard deviation to the reference's."""
-    def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = x.flatten(2)
-        return flat.mean(-1)[..., None, None], (flat.var(-1) + eps).sqrt()[..., None, None]
+def channel_statistics(image: torch.Tensor, eps: float = 1e-5) -> Statistics:
+    flat = image.float().flatten(2)
+    return flat.mean(-1)[..., None, None], (flat.var(-1) + eps).sqrt()[..., None, None]
 
-    content_mean, content_std = stats(content)
-    reference_mean, reference_std = stats(reference)
+
+def adain_color_fix(content: torch.Tensor, reference: torch.Tensor, statistics: Optional[tuple[Statistics, Statistics]]
+                    = None) -> torch.Tensor:
+    """Match each channel's mean and standard deviation to the reference's; ``statistics`` ((content's),
+    (reference's)) when they come from elsewhere than these two tensors (small copies of whole images)."""
+    (content_mean, content_std), (reference_mean, reference_std) = statistics or (
+        channel_statistics(content), channel_statistics(reference))
     return (content - content_mean) / content_std * reference_std + reference_mean
 
 
-def color_fix(content: torch.Tensor, reference: torch.Tensor, method: str) -> torch.Tensor:
-    """Apply ``method`` (one of :data:`COLOR_FIXES`) in fp32."""
+def apply_color_fix(content: torch.Tensor, reference: torch.Tensor, method: str,
+                    statistics: Optional[tuple[Statistics, Statistics]] = None) -> torch.Tensor:
+    """Apply ``method`` (one of :data:`COLOR_FIXES`) in fp32; ``statistics`` as :func:`adain_color_fix` takes."""
     if method == "none":
         return content
-    fixes = {"wavelet": wavelet_color_fix, "adain": adain_color_fix}
-    if method not in fixes:
-        raise ValueError(f"unknown colour fix {method!r}; choose one of {COLOR_FIXES}")
-    return fixes[method](content.float(), reference.float()).to(content.dtype)
+    if method == "wavelet":
+        return wavelet_color_fix(content.float(), reference.float()).to(content.dtype)
+    if method == "adain":
+        return adain_color_fix(content.float(), reference.float(), statistics).to(content.dtype)
+    raise ValueError(f"unknown colour fix {method!r}; choose one of {COLOR_FIXES}")

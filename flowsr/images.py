@@ -2,18 +2,21 @@
 pipeline works on: float RGB tensors (B, 3, H, W) in [0, 1], with an optional alpha channel carried beside.
 
 Each input kind comes back as the same kind: a PIL image of the same mode family, a numpy array with the
-same dtype and layout, a tensor with the same layout on the same device.
+same dtype and layout, a tensor with the same layout on the same device. The result is allocated once, in the
+caller's kind (8 or 16 bits for images and integer arrays), and filled rectangle by rectangle as the pipeline
+finishes them (:class:`Output`), so no float copy of a whole large output is ever made for it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .errors import BadInputError
+from .resample import resize_region
 
 ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
 
@@ -28,11 +31,15 @@ _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 @dataclass
 class Batch:
-    """Pixels ready for the pipeline, and how to give the result back in the caller's kind."""
+    """Pixels ready for the pipeline, and what the result must be given back as."""
     rgb: torch.Tensor                     # (B, 3, H, W) float32 in [0, 1]
     alpha: Optional[torch.Tensor]         # (B, 1, H, W) float32 in [0, 1] or None
     grey: bool                            # the input had one colour channel
-    restore: Callable[[torch.Tensor, Optional[torch.Tensor]], Any]
+    kind: str                             # "pil", "numpy" or "torch"
+    dtype: Union[np.dtype, torch.dtype]   # the result's element type
+    peak: float = 1.0                     # the value of white in that type
+    layout_ndim: int = 4                  # numpy: 2 (HW), 3 (HWC), 4 (BHWC); torch: 3 (CHW), 4 (BCHW)
+    device: Optional[torch.device] = None  # torch: where the result goes
 
 
 def split_channels(pixels: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor], bool]:
@@ -49,7 +56,7 @@ def split_channels(pixels: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.T
 def join_channels(rgb: torch.Tensor, alpha: Optional[torch.Tensor], grey: bool) -> torch.Tensor:
     """The inverse of :func:`split_channels` on upscaled pixels."""
     colour = (rgb * _LUMA.to(rgb).reshape(1, 3, 1, 1)).sum(1, keepdim=True) if grey else rgb
-    return colour if alpha is None else torch.cat([colour, alpha], 1)
+    return colour if alpha is None else torch.cat([colour, alpha.to(colour)], 1)
 
 
 def _from_pil(image: Image.Image) -> Batch:
@@ -63,31 +70,20 @@ def _from_pil(image: Image.Image) -> Batch:
     if image.mode in _PIL_SIXTEEN_BIT:
         array = np.asarray(image, dtype=np.float32)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        pixels = torch.from_numpy(np.clip(array / peak, 0, 1))[None, None]
-        rgb, alpha, grey = split_channels(pixels)
-
-        def restore_sixteen(rgb_out: torch.Tensor, alpha_out: Optional[torch.Tensor]) -> Image.Image:
-            out = join_channels(rgb_out, alpha_out, grey)[0, 0].numpy()
-            return Image.fromarray((out * peak).round().astype(np.uint16 if peak > 255 else np.uint8))
-        return Batch(rgb, alpha, grey, restore_sixteen)
+        rgb, alpha, grey = split_channels(torch.from_numpy(np.clip(array / peak, 0, 1))[None, None])
+        return Batch(rgb, alpha, grey, "pil", np.dtype(np.uint16 if peak > 255 else np.uint8), peak, 2)
     if image.mode not in _PIL_AS_IS:
         raise BadInputError(f"unsupported image mode {mode!r}; convert the image to RGB or RGBA first")
     array = np.asarray(image)
     batch = _from_numpy(array if array.ndim == 3 else array[..., None])
-    numpy_restore = batch.restore
-    batch.restore = lambda rgb_out, alpha_out: Image.fromarray(_squeeze_grey(numpy_restore(rgb_out, alpha_out)))
+    batch.kind = "pil"
     return batch
-
-
-def _squeeze_grey(array: np.ndarray) -> np.ndarray:
-    return array[..., 0] if array.shape[-1] == 1 else array
 
 
 def _from_numpy(array: np.ndarray) -> Batch:
     """HW, HWC or BHWC arrays; uint8, uint16 or float in [0, 1]."""
     if array.ndim not in (2, 3, 4):
         raise BadInputError(f"numpy images must be HW, HWC or BHWC, got shape {array.shape}")
-    layout_ndim = array.ndim
     batched = array[None] if array.ndim == 3 else array[None, ..., None] if array.ndim == 2 else array
     dtype = array.dtype
     if dtype == np.uint8:
@@ -100,29 +96,16 @@ def _from_numpy(array: np.ndarray) -> Batch:
         raise BadInputError(f"numpy images must be uint8, uint16 or float in [0, 1], got {dtype}")
     pixels = torch.from_numpy(np.ascontiguousarray(batched, dtype=np.float32) / peak).permute(0, 3, 1, 2)
     rgb, alpha, grey = split_channels(pixels.clamp(0, 1))
-
-    def restore(rgb_out: torch.Tensor, alpha_out: Optional[torch.Tensor]) -> np.ndarray:
-        out = join_channels(rgb_out, alpha_out, grey).permute(0, 2, 3, 1).numpy()
-        if peak > 1:
-            out = (out * peak).round().astype(dtype)
-        else:
-            out = out.astype(dtype)
-        return out[0] if layout_ndim == 3 else out[0, ..., 0] if layout_ndim == 2 else out
-    return Batch(rgb, alpha, grey, restore)
+    return Batch(rgb, alpha, grey, "numpy", dtype, peak, array.ndim)
 
 
 def _from_torch(tensor: torch.Tensor) -> Batch:
     """CHW or BCHW float tensors in [0, 1]."""
     if tensor.ndim not in (3, 4) or not tensor.is_floating_point():
         raise BadInputError(f"tensors must be float CHW or BCHW in [0, 1], got {tuple(tensor.shape)} {tensor.dtype}")
-    unbatched = tensor.ndim == 3
-    pixels = (tensor[None] if unbatched else tensor).detach().float().cpu().clamp(0, 1)
+    pixels = (tensor[None] if tensor.ndim == 3 else tensor).detach().float().cpu().clamp(0, 1)
     rgb, alpha, grey = split_channels(pixels)
-
-    def restore(rgb_out: torch.Tensor, alpha_out: Optional[torch.Tensor]) -> torch.Tensor:
-        out = join_channels(rgb_out, alpha_out, grey).to(device=tensor.device, dtype=tensor.dtype)
-        return out[0] if unbatched else out
-    return Batch(rgb, alpha, grey, restore)
+    return Batch(rgb, alpha, grey, "torch", tensor.dtype, 1.0, tensor.ndim, tensor.device)
 
 
 def to_batch(image: ImageLike) -> Batch:
@@ -134,3 +117,48 @@ def to_batch(image: ImageLike) -> Batch:
     if isinstance(image, torch.Tensor):
         return _from_torch(image)
     raise BadInputError(f"cannot upscale a {type(image).__name__}; pass a PIL image, a numpy array or a tensor")
+
+
+class Output:
+    """The upscaled batch in the caller's kind, written rectangle by rectangle.
+
+    Alpha is resized on its own (bicubic) for each rectangle and re-attached; grey images come back grey.
+    """
+
+    def __init__(self, batch: Batch, size: tuple[int, int]):
+        self.batch, self.size = batch, size
+        images = batch.rgb.shape[0]
+        channels = (1 if batch.grey else 3) + (batch.alpha is not None)
+        if batch.kind == "torch":
+            self.pixels = torch.empty(images, channels, *size, dtype=batch.dtype, device=batch.device)
+        else:
+            self.pixels = np.empty((images, *size, channels), dtype=batch.dtype)
+
+    @classmethod
+    def of_tensor(cls, rgb: torch.Tensor, size: tuple[int, int]) -> "Output":
+        """(B, 3, H, W) float32 on ``rgb``'s device: what :meth:`FlowSRPipeline.upscale_tensor` returns."""
+        return cls(Batch(rgb, None, False, "torch", torch.float32, device=rgb.device), size)
+
+    def write(self, image: int, rows: slice, cols: slice, rgb: torch.Tensor) -> None:
+        """Put upscaled RGB (3, h, w) in [0, 1] at ``rows`` x ``cols`` of image ``image``."""
+        alpha = None
+        if self.batch.alpha is not None:
+            alpha = resize_region(self.batch.alpha[image:image + 1], self.size, torch.arange(rows.start, rows.stop),
+                                  torch.arange(cols.start, cols.stop), "bicubic", rgb.device).clamp(0, 1)
+        pixels = join_channels(rgb[None], alpha, self.batch.grey)[0]
+        if self.batch.kind == "torch":
+            self.pixels[image, :, rows, cols] = pixels.to(self.pixels)
+            return
+        values = pixels.permute(1, 2, 0).cpu().numpy()
+        if self.batch.peak > 1:
+            values = (values * self.batch.peak).round()
+        self.pixels[image, rows, cols] = values.astype(self.batch.dtype)
+
+    def result(self) -> ImageLike:
+        pixels, ndim = self.pixels, self.batch.layout_ndim
+        if self.batch.kind == "torch":
+            return pixels[0] if ndim == 3 else pixels
+        array = pixels[0] if ndim == 3 else pixels[0, ..., 0] if ndim == 2 else pixels
+        if self.batch.kind == "pil":
+            return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+        return array

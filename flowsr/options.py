@@ -19,11 +19,10 @@ from .color import COLOR_FIXES
 from .devices import DTYPES
 from .errors import BadInputError
 from .flow import SCHEDULES
+from .tiling import MIN_TILE_SIZE, max_overlap
 
 #: How number fields of hosts spell "automatic" (None).
 AUTOMATIC = -1
-#: Out-of-memory retries stop at tiles this small (latent pixels); a smaller fixed tile is refused.
-MIN_TILE_SIZE = 16
 #: The largest seed torch.Generator takes (and ComfyUI's INT widgets hold).
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
@@ -90,7 +89,7 @@ TILE_SIZE = Option("tile_size", int, None, "Tile side in latent pixels (x8 image
                    maximum=1024, automatic="chosen from free memory (no tiles when the whole image fits)",
                    special={0: "off"})
 TILE_OVERLAP = Option("tile_overlap", int, None, "Latent pixels that neighbouring tiles share and blend, hiding "
-                      "seams; smaller than the tile.", minimum=0, maximum=512,
+                      "seams; at most half the tile.", minimum=0, maximum=512,
                       automatic="the model's default, at most a third of the tile")
 TILE_BATCH = Option("tile_batch", int, None, "Tiles per network call.", minimum=1, maximum=64,
                     automatic="from free memory (1 where unknown)")
@@ -149,8 +148,8 @@ def check_upscale_options(values: Mapping[str, Any], labels: Optional[Mapping[st
     for name, value in values.items():
         check_option(UPSCALE_OPTIONS[name], value, labels.get(name))
     tile, overlap = values.get("tile_size"), values.get("tile_overlap")
-    if tile and overlap is not None and overlap >= tile:
-        raise BadInputError(f"{labels.get('tile_overlap', TILE_OVERLAP.label)} must be smaller than the tile size "
+    if tile and overlap is not None and overlap > max_overlap(tile):
+        raise BadInputError(f"{labels.get('tile_overlap', TILE_OVERLAP.label)} must be at most half the tile size "
                             f"({tile}), got {overlap}")
 
 

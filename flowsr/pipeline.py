@@ -1,54 +1,36 @@
 """The FlowSR pipeline: LR image -> bilinear resize -> latent -> Euler steps of the flow -> decode -> colour fix.
 
-One network evaluation with the default single step (docs/METHOD.md): ``x_hr = x_lr - v(x_lr, 1)``.
-Large images are processed in overlapping latent tiles, and the autoencoder in tiles too, so memory depends
-on the tile size; on accelerator out-of-memory the tiles shrink and the image is tried again.
+One network evaluation with the default single step (``x_hr = x_lr - v(x_lr, 1)``). The work streams tile by
+tile (:class:`~flowsr.tiling.TilePlan`): each tile is resized from its part of the LR input and encoded on the
+model's device, its velocity is blended into the latent on the host, decoded tiles are blended into a band of
+rows, and rows leave the band colour-fixed, straight into the caller's output. Accelerator memory depends on the
+tile; host memory on the output, the latent and a band of rows. On out-of-memory the tiles shrink and the batch
+is tried again.
 """
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, replace
+import functools
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from . import flow
-from .color import color_fix
+from .color import MARGINS, Statistics, apply_color_fix, channel_statistics
 from .devices import empty_cache, free_memory, is_out_of_memory, resolve_device, resolve_dtype
 from .errors import BadInputError, Cancelled, OutOfMemoryError
-from .images import ImageLike, to_batch
+from .images import ImageLike, Output, to_batch
 from .models.base import FlowSRModel
-from .options import MIN_TILE_SIZE, check_upscale_options
-from .tiling import count_batches, downscale_to_fit, shared_group_norm_statistics, tiled_map
+from .options import SCALE, check_option, check_upscale_options
+from .resample import padded_positions, resize_region
+from .tiling import Band, Tile, TilePlan, Tiling, downscale_to_fit, fit_size, \
+    shared_group_norm_statistics
 
 #: Outputs beyond this many pixels (about 32k x 32k) are refused before any work starts.
 MAX_OUTPUT_PIXELS = 1 << 30
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """Tile side and overlap in latent pixels (``size == 0``: no tiling), and tiles per network call."""
-    size: int
-    overlap: int
-    batch: int = 1
-
-    def side(self, grid: tuple[int, int]) -> int:
-        """The tile side on a latent grid: the whole grid when tiling is off."""
-        return self.size or max(grid)
-
-    def shrunk(self) -> Optional["Tiling"]:
-        """The next smaller setting to try after running out of memory, or None when there is none."""
-        if self.batch > 1:
-            return replace(self, batch=self.batch // 2)
-        if self.size == 0:
-            return Tiling(64, 16)
-        if self.size // 2 >= MIN_TILE_SIZE:
-            return Tiling(self.size // 2, min(self.overlap, self.size // 8))
-        return None
 
 
 class _Progress:
@@ -63,17 +45,6 @@ class _Progress:
         self.done += 1
         if self.callback is not None:
             self.callback(self.done, self.total)
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Reflect-pad the bottom and right to a multiple of ``multiple``; replicate what reflection cannot reach."""
-    height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    reflect_h, reflect_w = min(pad_h, height - 1), min(pad_w, width - 1)
-    x = F.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect") if reflect_h or reflect_w else x
-    if pad_h > reflect_h or pad_w > reflect_w:
-        x = F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
-    return x
 
 
 def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -102,158 +73,269 @@ class FlowSRPipeline:
         return self
 
     def upscale(self, image: ImageLike, scale: float = 4.0, **options) -> ImageLike:
-        """Upscale a PIL image, numpy array or tensor; the result is of the same kind.
+        """Upscale a PIL image, numpy array or tensor; the result is of the same kind (uint8 stays uint8...).
 
-        Alpha is resized on its own (bicubic) and re-attached; grey images come back grey. ``options`` are
-        those of :meth:`upscale_tensor`.
+        A batch (BHWC array, BCHW tensor) of equal-size images shares network calls. Alpha is resized on its own
+        (bicubic) and re-attached; grey images come back grey. ``options`` are those of :meth:`upscale_tensor`.
         """
         batch = to_batch(image)
-        rgb = self.upscale_tensor(batch.rgb, scale=scale, **options)
-        alpha = None
-        if batch.alpha is not None:
-            alpha = F.interpolate(batch.alpha, size=rgb.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
-        return batch.restore(rgb, alpha)
+        return self._upscale(batch.rgb, scale, functools.partial(Output, batch), **options)
 
     @torch.no_grad()
-    def upscale_tensor(self, pixels: torch.Tensor, scale: float = 4.0, steps: int = 1, schedule: str = "uniform",
-                       tile_size: Optional[int] = None, tile_overlap: Optional[int] = None,
-                       tile_batch: Optional[int] = None, color_fix: str = "wavelet", seed: Optional[int] = None,
-                       progress: Optional[ProgressCallback] = None,
-                       cancel: Optional[CancelCallback] = None) -> torch.Tensor:
+    def upscale_tensor(self, pixels: torch.Tensor, scale: float = 4.0, **options) -> torch.Tensor:
         """RGB pixels (B, 3, H, W) in [0, 1] to the upscaled pixels, on the input's device, float32.
 
-        ``tile_size`` is in latent pixels (None: chosen from free memory; 0: no tiling). ``seed`` samples the
-        encoder's latent distribution instead of taking its mean. ``progress(done, total)`` follows network
-        calls; ``cancel()`` is polled before each and stops the work with :class:`~flowsr.errors.Cancelled`.
+        Options: ``steps`` (1), ``schedule`` ("uniform"), ``tile_size`` in latent pixels (None: chosen from the
+        free memory of the model's device; 0: no tiling), ``tile_overlap``, ``tile_batch`` (tiles per network
+        call, across the images of the batch), ``color_fix`` ("wavelet"), ``seed`` (samples the encoder's latent
+        distribution instead of taking its mean), ``progress(done, total)`` (follows network calls) and
+        ``cancel()`` (polled before each call; stops the work with :class:`~flowsr.errors.Cancelled`).
         """
-        self._check_options(pixels, scale, steps, schedule, tile_size, tile_overlap, tile_batch, color_fix)
-        size = output_size(pixels.shape[-2], pixels.shape[-1], scale)
-        times = flow.schedule(schedule, steps)
-        tiling = self._tiling(size, tile_size, tile_overlap, tile_batch)
-        generator = None if seed is None else torch.Generator(self.model.device).manual_seed(seed)
-        tracker = _Progress(len(pixels) * self._calls(size, tiling, steps), progress, cancel)
-        results = [self._upscale_with_retries(pixels[i:i + 1], size, times, tiling, color_fix, generator, tracker)
-                   for i in range(len(pixels))]
-        return torch.cat(results).to(pixels.device)
+        return self._upscale(pixels, scale, functools.partial(Output.of_tensor, pixels), **options)
 
-    def _check_options(self, pixels, scale, steps, schedule, tile_size, tile_overlap, tile_batch, color_fix):
+    @torch.no_grad()
+    def _upscale(self, pixels: torch.Tensor, scale: float, make_output: Callable[[tuple[int, int]], Output],
+                 steps: int = 1, schedule: str = "uniform", tile_size: Optional[int] = None,
+                 tile_overlap: Optional[int] = None, tile_batch: Optional[int] = None, color_fix: str = "wavelet",
+                 seed: Optional[int] = None, progress: Optional[ProgressCallback] = None,
+                 cancel: Optional[CancelCallback] = None) -> ImageLike:
+        """Check everything, plan the tiles, allocate the output, and run (smaller tiles on out-of-memory)."""
+        self._check_pixels(pixels, scale)
+        _check_options(steps, schedule, tile_size, tile_overlap, tile_batch, color_fix)
+        size = output_size(*pixels.shape[-2:], scale)
+        tiling = self._tiling(size, tile_size, tile_overlap, tile_batch)
+        output = _allocate(make_output, size)
+        run = _Run(self.model, pixels.detach().float().cpu(), size, flow.schedule(schedule, steps), color_fix,
+                   seed, output)
+        plan = run.plan(tiling)
+        tracker = _Progress(len(plan), progress, cancel)
+        while True:
+            done_before = tracker.done
+            try:
+                run.execute(plan, tracker)
+                return output.result()
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                empty_cache(self.model.device)
+                smaller = plan.tiling.shrunk()
+                if smaller is None:
+                    raise OutOfMemoryError(_out_of_memory_advice(self.model.device)) from error
+                old_plan, plan = plan, run.plan(smaller)
+                tracker.total += (tracker.done - done_before) + len(plan) - len(old_plan)
+
+    def _check_pixels(self, pixels: torch.Tensor, scale: float) -> None:
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise BadInputError(f"expected RGB pixels shaped (B, 3, H, W), got {tuple(pixels.shape)}")
         if pixels.shape[0] == 0 or min(pixels.shape[-2:]) < 1:
             raise BadInputError(f"the image is empty ({tuple(pixels.shape)})")
-        check_upscale_options(dict(scale=scale, steps=steps, schedule=schedule, tile_size=tile_size,
-                                   tile_overlap=tile_overlap, tile_batch=tile_batch, color_fix=color_fix))
+        check_option(SCALE, scale)
         height, width = output_size(pixels.shape[-2], pixels.shape[-1], scale)
         if height * width > MAX_OUTPUT_PIXELS:
             raise BadInputError(f"the output would be {width}x{height} pixels, more than this tool handles; "
                                 "upscale a smaller image or use a smaller scale")
+        if pixels.is_floating_point() and bool(torch.isnan(pixels).any()):
+            raise BadInputError(f"the image holds {int(torch.isnan(pixels).sum())} NaN (not-a-number) values; "
+                                "replace them (e.g. numpy.nan_to_num) before upscaling")
 
     def _tiling(self, size: tuple[int, int], tile_size, tile_overlap, tile_batch) -> Tiling:
-        """The caller's tiling, with what they left open chosen from the model and the free memory."""
+        """The caller's tiling, with what they left open chosen for the model and its device's free memory."""
         model = self.model
-        if tile_size is None:
-            tile_size, auto_batch = self._auto_tile(model.device, size)
-        else:
-            auto_batch = 1
-        overlap = tile_overlap if tile_overlap is not None else min(model.default_tile_overlap, tile_size // 3)
-        return Tiling(tile_size, overlap, tile_batch or auto_batch)
+        element = torch.finfo(model.dtype).bits // 8
+        return Tiling.choose(tile_size, tile_overlap, tile_batch, free=free_memory(model.device),
+                             output_pixels=size[0] * size[1], latent_factor=model.latent_factor,
+                             bytes_per_pixel=model.untiled_bytes_per_pixel * element / 2,
+                             default_size=model.default_tile_size, default_overlap=model.default_tile_overlap)
 
-    def _auto_tile(self, device: torch.device, size: tuple[int, int]) -> tuple[int, int]:
-        """(tile side, tiles per call) for the memory the device has free; the model's default where unknown.
 
-        No tiles when the whole image fits with room to spare: one pass is the fastest and the exact one.
-        """
-        free = free_memory(device)
-        if free is None:
-            return self.model.default_tile_size, 1
-        element = torch.finfo(self.model.dtype).bits // 8
-        if size[0] * size[1] * self.model.untiled_bytes_per_pixel * element / 2 < free / 2:
-            return 0, 1
-        gib = free / 2 ** 30
-        side = 128 if gib >= 24 else 96 if gib >= 8 else 64 if gib >= 4 else 48
-        return side, max(1, min(4, int(gib // 16)))
+def _check_options(steps, schedule, tile_size, tile_overlap, tile_batch, color_fix) -> None:
+    check_upscale_options(dict(steps=steps, schedule=schedule, tile_size=tile_size, tile_overlap=tile_overlap,
+                               tile_batch=tile_batch, color_fix=color_fix))
 
-    def _grid(self, size: tuple[int, int]) -> tuple[int, int]:
-        multiple = self.model.pad_multiple
-        return (-(-size[0] // multiple) * multiple // self.model.latent_factor,
-                -(-size[1] // multiple) * multiple // self.model.latent_factor)
 
-    def _calls(self, size: tuple[int, int], tiling: Tiling, steps: int) -> int:
-        """Network calls for one image: encoder tiles, velocity batches per step, decoder tiles."""
-        grid_h, grid_w = self._grid(size)
-        tile = tiling.side((grid_h, grid_w))
-        autoencoder = count_batches(grid_h, grid_w, tile, tiling.overlap, 1)
-        return 2 * autoencoder + steps * count_batches(grid_h, grid_w, tile, tiling.overlap, tiling.batch)
+def _allocate(make_output: Callable[[tuple[int, int]], Output], size: tuple[int, int]) -> Output:
+    """The output buffer, or a clear error when even that does not fit."""
+    try:
+        return make_output(size)
+    except (MemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error):
+            raise
+        raise OutOfMemoryError(f"the {size[1]}x{size[0]} output does not fit in memory; upscale a smaller image, "
+                               "use a smaller scale, or close other programs") from error
 
-    def _upscale_with_retries(self, lr, size, times, tiling, method, generator, tracker) -> torch.Tensor:
-        while True:
-            done_before = tracker.done
-            try:
-                return self._upscale_one(lr, size, times, tiling, method, generator, tracker)
-            except Exception as error:
-                if not is_out_of_memory(error):
-                    raise
-                smaller = tiling.shrunk()
-                empty_cache(self.model.device)
-                if smaller is None:
-                    raise OutOfMemoryError("out of memory even with the smallest tiles; free accelerator memory, "
-                                           "use a half-precision dtype or a smaller scale") from error
-                steps = len(times) - 1
-                tracker.total += (tracker.done - done_before) + self._calls(size, smaller, steps) \
-                    - self._calls(size, tiling, steps)
-                tiling = smaller
 
-    def _upscale_one(self, lr: torch.Tensor, size: tuple[int, int], times: torch.Tensor, tiling: Tiling,
-                     method: str, generator: Optional[torch.Generator], tracker: _Progress) -> torch.Tensor:
+def _out_of_memory_advice(device: torch.device) -> str:
+    if device.type == "cpu":
+        return ("out of memory even with the smallest tiles; close other programs, or use a smaller scale or a "
+                "smaller image")
+    return ("out of memory even with the smallest tiles; free accelerator memory, use a half-precision dtype or a "
+            "smaller scale")
+
+
+class _Run:
+    """One upscale of a batch of equal-size images: the work of every tile, from the LR input to the output."""
+
+    def __init__(self, model: FlowSRModel, lr: torch.Tensor, size: tuple[int, int], times: torch.Tensor,
+                 method: str, seed: Optional[int], output: Output):
+        self.model, self.lr, self.size, self.times, self.method, self.seed, self.output = \
+            model, lr, size, times, method, seed, output
+        multiple, factor = model.pad_multiple, model.latent_factor
+        self.padded = (-(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple)
+        self.grid = (self.padded[0] // factor, self.padded[1] // factor)
+
+    def plan(self, tiling: Tiling) -> TilePlan:
+        """Encoder, each flow step, decoder: that many passes over the tiles."""
+        return TilePlan(self.grid, len(self.lr), tiling, passes=len(self.times) + 1)
+
+    def execute(self, plan: TilePlan, tracker: _Progress) -> None:
+        generator = None if self.seed is None else torch.Generator(self.model.device).manual_seed(self.seed)
+        latent = self._first_step(plan, tracker, generator)
+        for index in range(1, len(self.times) - 1):
+            latent = self._step(plan, tracker, latent, index)
+        self._decode(plan, tracker, latent)
+
+    # -- the latent: encoder and the first flow step per tile, further steps over the blended latent
+
+    def _first_step(self, plan: TilePlan, tracker: _Progress, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Each tile encoded and moved one Euler step, blended into the latent after that step (on the host)."""
         model = self.model
-        device = model.device
-        lr = lr.to(device=device, dtype=torch.float32)
-        upsampled = F.interpolate(lr, size=size, mode="bilinear", align_corners=False)
-        padded = pad_to_multiple(upsampled * 2 - 1, model.pad_multiple)
-        layout = dict(tile=tiling.side(self._grid(size)), overlap=tiling.overlap, on_batch=tracker.tick)
+        band = Band(len(self.lr), model.latent_channels, self.grid[1])
+        with self._statistics(plan, self._encoder_calibration) as select:
+            for group in plan.groups:
+                tracker.tick()
+                select([tile.image for tile in group])
+                x = model.encode_fp32(torch.cat([self._encoder_input(tile) for tile in group]), generator)
+                tracker.tick()
+                self._blend(band, group, self._euler(x, 0), plan.weights())
+        return band.pop(self.grid[0])
 
-        factor = model.latent_factor
-        latent = self._tiled_autoencoder(lambda x, dtype: model.encode(x.to(dtype), generator), padded, layout,
-                                         in_factor=factor)
+    def _step(self, plan: TilePlan, tracker: _Progress, latent: torch.Tensor, index: int) -> torch.Tensor:
+        band = Band(len(self.lr), latent.shape[1], self.grid[1])
+        for group in plan.groups:
+            tracker.tick()
+            x = torch.stack([latent[tile.image, :, tile.rows, tile.cols] for tile in group]).to(self.model.device)
+            self._blend(band, group, self._euler(x, index), plan.weights())
+        return band.pop(self.grid[0])
 
-        def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            def network(chunk: torch.Tensor) -> torch.Tensor:
-                return model.velocity(chunk.to(model.dtype), t[:1].expand(len(chunk))).float()
-            return tiled_map(network, x_t, batch_size=tiling.batch, **layout)
+    def _euler(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        t, t_next = float(self.times[index]), float(self.times[index + 1])
+        v = self.model.velocity(x, torch.full((len(x),), t, device=x.device)).float()
+        return flow.euler_step(x, v, t, t_next).cpu()
 
-        latent = flow.sample(velocity, latent, times)
-        pixels = self._tiled_autoencoder(lambda z, dtype: model.decode(z.to(dtype)), latent, layout,
-                                         out_factor=factor)
-        pixels = (pixels[..., :size[0], :size[1]].float().clamp(-1, 1) + 1) / 2
-        if method != "none":
-            reference = F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
-            pixels = color_fix(pixels, reference, method).clamp(0, 1)
-        return pixels.cpu()
+    @staticmethod
+    def _blend(band: Band, group: list[Tile], results: torch.Tensor, weights: torch.Tensor) -> None:
+        for tile, result in zip(group, results):
+            band.add(tile.image, tile.rows, tile.cols, result, weights)
 
-    def _tiled_autoencoder(self, run: Callable[[torch.Tensor, torch.dtype], torch.Tensor], x: torch.Tensor,
-                           layout: dict, in_factor: int = 1, out_factor: int = 1) -> torch.Tensor:
-        """The encoder or the decoder, ``run(x, dtype)``, over tiles of ``x``, every tile normalised alike."""
-        model = self.model
+    def _encoder_input(self, tile: Tile) -> torch.Tensor:
+        """The tile's part of the bilinear-resized, padded input in [-1, 1], computed on the model's device."""
+        factor, (height, width) = self.model.latent_factor, self.size
+        rows = padded_positions(tile.rows.start * factor, tile.rows.stop * factor, height, self.padded[0])
+        cols = padded_positions(tile.cols.start * factor, tile.cols.stop * factor, width, self.padded[1])
+        lr = self.lr[tile.image:tile.image + 1]
+        return resize_region(lr, self.size, rows, cols, "bilinear", self.model.device) * 2 - 1
 
-        def network(chunk: torch.Tensor) -> torch.Tensor:
-            return _finite_or_fp32(model, lambda dtype: run(chunk, dtype)).float()
+    def _encoder_calibration(self, side: int) -> None:
+        """The encoder on a small copy of each image (its GroupNorms record their statistics)."""
+        small = fit_size(self.padded, side * self.model.latent_factor, self.model.latent_factor)
+        for image in self.lr:
+            resized = F.interpolate(image[None].to(self.model.device), size=small, mode="bilinear",
+                                    align_corners=False, antialias=True)
+            self.model.encode(resized * 2 - 1)
 
-        with self._shared_statistics(x, layout["tile"] * in_factor, in_factor,
-                                     lambda small: run(small, model.autoencoder_dtype)):
-            return tiled_map(network, x, in_factor=in_factor, out_factor=out_factor, **layout)
+    def _statistics(self, plan: TilePlan, calibrate: Callable[[int], object]):
+        """Every autoencoder tile of an image normalised alike (calibrated on a small copy of it, when tiled)."""
+        side = plan.tiling.side(self.grid)
+        return shared_group_norm_statistics(self.model.autoencoder, lambda: None if plan.whole else calibrate(side))
 
-    def _shared_statistics(self, x: torch.Tensor, tile_side: int, multiple: int,
-                           run: Callable[[torch.Tensor], object]):
-        """Normalise every autoencoder tile alike, calibrated on the input shrunk to one tile (when tiled)."""
-        if max(x.shape[-2:]) <= tile_side:
-            return contextlib.nullcontext()
-        return shared_group_norm_statistics(self.model.autoencoder, lambda: run(downscale_to_fit(x, tile_side, multiple)))
+    # -- pixels: decoder tiles blended into a band of rows; final rows colour-fixed into the output
+
+    def _decode(self, plan: TilePlan, tracker: _Progress, latent: torch.Tensor) -> None:
+        model, factor, (height, width) = self.model, self.model.latent_factor, self.size
+        band, weights, small = Band(len(self.lr), 3, width), plan.weights(factor), []
+        with self._statistics(plan, lambda side: small.extend(self._small_decodes(side, latent))) as select:
+            adain = None
+            if self.method == "adain" and not plan.whole:
+                adain = _adain_statistics(self.lr, small or self._small_decodes(plan.tiling.side(self.grid), latent))
+            writer = _RowWriter(self, plan, adain)
+            for index, group in enumerate(plan.groups):
+                tracker.tick()
+                select([tile.image for tile in group])
+                z = torch.stack([latent[tile.image, :, tile.rows, tile.cols] for tile in group])
+                pixels = model.decode_fp32(z.to(model.device)).cpu()
+                for tile, tile_pixels in zip(group, pixels):
+                    rows = slice(tile.rows.start * factor, min(tile.rows.stop * factor, height))
+                    cols = slice(tile.cols.start * factor, min(tile.cols.stop * factor, width))
+                    shape = (rows.stop - rows.start, cols.stop - cols.start)
+                    band.add(tile.image, rows, cols, tile_pixels[:, :shape[0], :shape[1]],
+                             weights[:shape[0], :shape[1]])
+                writer.release(band, min(height, plan.final_rows(index) * factor))
+
+    def _small_decodes(self, side: int, latent: torch.Tensor) -> list[torch.Tensor]:
+        """Each image's latent shrunk to one tile and decoded: the decoder's GroupNorm calibration, and the
+        content of adain's whole-image statistics."""
+        return [self.model.decode(downscale_to_fit(image[None], side).to(self.model.device)).float()
+                for image in latent]
 
 
-def _finite_or_fp32(model: FlowSRModel, run: Callable[[torch.dtype], torch.Tensor]) -> torch.Tensor:
-    """``run`` in the autoencoder's precision; again in fp32 if half precision overflowed to inf/NaN."""
-    result = run(model.autoencoder_dtype)
-    if model.autoencoder_dtype != torch.float32 and not torch.isfinite(result).all():
-        with model.autoencoder_in_fp32():
-            result = run(torch.float32)
-    return result
+def _adain_statistics(lr: torch.Tensor, small_decodes: list[torch.Tensor]) -> list[tuple[Statistics, Statistics]]:
+    """Per image: (content's, reference's) channel statistics from small copies of both."""
+    statistics = []
+    for image, decoded in zip(lr, small_decodes):
+        content = (decoded.clamp(-1, 1) + 1) / 2
+        reference = F.interpolate(image[None].to(content.device), size=content.shape[-2:], mode="bicubic",
+                                  align_corners=False).clamp(0, 1)
+        statistics.append((channel_statistics(content), channel_statistics(reference)))
+    return statistics
+
+
+class _RowWriter:
+    """Takes final rows out of the decoded band and writes them colour-fixed into the output.
+
+    The fix runs on the model's device over rectangles a tile wide, each read with the margin the fix needs, so
+    that it equals the fix of the whole image (row ``r`` is written once rows up to ``r + margin`` are final).
+    """
+
+    def __init__(self, run: _Run, plan: TilePlan, adain_statistics: Optional[list[tuple[Statistics, Statistics]]]):
+        self.run, self.adain_statistics = run, adain_statistics
+        self.margin = MARGINS[run.method]
+        self.chunk = plan.tile_shape[1] * run.model.latent_factor
+        self.rows: Optional[torch.Tensor] = None  # final, not yet written rows plus the margin above them
+        self.top = 0      # the output row self.rows starts at
+        self.written = 0  # rows [0, written) are in the output
+
+    def release(self, band: Band, final: int) -> None:
+        """Rows ``[0, final)`` of the band are final: write what of them the margin allows."""
+        if final <= band.top:
+            return
+        popped = (band.pop(final).clamp(-1, 1) + 1) / 2
+        self.rows = popped if self.rows is None else torch.cat([self.rows, popped], 2)
+        height = self.run.size[0]
+        stop = height if final == height else final - self.margin
+        if stop <= self.written:
+            return
+        for image in range(self.rows.shape[0]):
+            self._write(image, self.written, stop)
+        self.written = stop
+        keep_from = max(0, stop - self.margin)
+        self.rows, self.top = self.rows[:, :, keep_from - self.top:].clone(), keep_from
+
+    def _write(self, image: int, start: int, stop: int) -> None:
+        run, margin, width = self.run, self.margin, self.run.size[1]
+        read = slice(max(start - margin, self.top), min(stop + margin, self.top + self.rows.shape[2]))
+        for left in range(0, width, self.chunk):
+            right = min(left + self.chunk, width)
+            cols = slice(max(left - margin, 0), min(right + margin, width))
+            content = self.rows[image:image + 1, :, read.start - self.top:read.stop - self.top, cols]
+            fixed = self._fix(image, content.to(run.model.device), read, cols)
+            inner = fixed[0, :, start - read.start:stop - read.start, left - cols.start:right - cols.start]
+            run.output.write(image, slice(start, stop), slice(left, right), inner.clamp(0, 1))
+
+    def _fix(self, image: int, content: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+        method = self.run.method
+        if method == "none":
+            return content
+        reference = resize_region(self.run.lr[image:image + 1], self.run.size, torch.arange(rows.start, rows.stop),
+                                  torch.arange(cols.start, cols.stop), "bicubic", content.device).clamp(0, 1)
+        statistics = None if self.adain_statistics is None else self.adain_statistics[image]
+        return apply_color_fix(content, reference, method, statistics)

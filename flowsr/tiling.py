@@ -1,19 +1,35 @@
-"""Any image size in bounded memory: overlapping tiles blended with smooth weights.
+"""Any image size in bounded memory: a plan of overlapping latent tiles, grouped into network calls, and the
+band of rows their blended results occupy until they are final.
 
-Tiles are laid out on the latent grid. One function serves the velocity network (latent in, latent out), the
-encoder (pixels in, latent out) and the decoder (latent in, pixels out), so peak memory depends on the tile,
-not on the image. Normalisation layers would see each tile's own statistics and tint tiles differently, so the
-autoencoder runs with statistics measured once on a downscaled copy of the whole input
-(:func:`shared_group_norm_statistics`).
+Tiles are laid out on the latent grid, row after row; a row of tiles holds that row's tiles of every image of a
+batch, so one network call can carry tiles of several images. The same plan serves the encoder (pixels in),
+the velocity network (latent in, latent out) and the decoder (pixels out). Normalisation layers would see each
+tile's own statistics and tint tiles differently, so the autoencoder runs with statistics measured once per
+image on a small copy of it (:func:`shared_group_norm_statistics`).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import BadInputError
+
+#: Out-of-memory retries stop at tiles this small (latent pixels); smaller ones are refused.
+MIN_TILE_SIZE = 16
+
+
+def max_overlap(tile: int) -> int:
+    """The largest overlap a tile of side ``tile`` takes: more would step tiles by a sliver (thousands of calls)."""
+    return tile // 2
+#: The most tiles (or whole images) one network call carries when the caller leaves it automatic.
+MAX_AUTO_BATCH = 4
+#: Tile sides (latent pixels) the automatic choice picks from, largest first.
+AUTO_TILE_SIDES = (128, 96, 64, 48, 32, MIN_TILE_SIZE)
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -24,116 +40,239 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return list(range(0, size - tile, stride)) + [size - tile]
 
 
-def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[slice, slice]]:
-    """(rows, columns) slices of every tile on a ``height`` x ``width`` grid."""
-    return [(slice(y, min(y + tile, height)), slice(x, min(x + tile, width)))
-            for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+def gaussian_bump(length: int) -> torch.Tensor:
+    """Blend weights along one axis of a tile: variance 0.01 * length^2, as the reference blends its tiles."""
+    position = torch.arange(length, dtype=torch.float32) - (length - 1) / 2
+    return torch.exp(-position ** 2 / (2 * 0.01 * length ** 2))
 
 
-def gaussian_weights(height: int, width: int, device: torch.device) -> torch.Tensor:
-    """A (1, 1, H, W) bump with variance 0.01 * size^2 per axis, as the reference blends its tiles."""
-    def axis(n: int) -> torch.Tensor:
-        position = torch.arange(n, dtype=torch.float32, device=device) - (n - 1) / 2
-        return torch.exp(-position ** 2 / (2 * 0.01 * n ** 2))
-    return (axis(height)[:, None] * axis(width)[None, :])[None, None]
+@dataclass(frozen=True)
+class Tiling:
+    """Tile side and overlap in latent pixels (``size == 0``: no tiling), and tiles per network call."""
+    size: int
+    overlap: int
+    batch: int = 1
+
+    def side(self, grid: tuple[int, int]) -> int:
+        """The tile side on a latent grid: the whole grid when tiling is off."""
+        return self.size or max(grid)
+
+    def shrunk(self) -> Optional["Tiling"]:
+        """The next smaller setting to try after running out of memory, or None when there is none."""
+        if self.batch > 1:
+            return replace(self, batch=self.batch // 2)
+        if self.size == 0:
+            return Tiling(64, 16)
+        if self.size // 2 >= MIN_TILE_SIZE:
+            return Tiling(self.size // 2, min(self.overlap, self.size // 8))
+        return None
+
+    @classmethod
+    def choose(cls, size: Optional[int], overlap: Optional[int], batch: Optional[int], *, free: Optional[int],
+               output_pixels: int, latent_factor: int, bytes_per_pixel: float, default_size: int,
+               default_overlap: int) -> "Tiling":
+        """The caller's tiling, with what they left open (None) chosen for ``free`` bytes of working memory.
+
+        No tiles when the whole image fits in half the free memory: one pass is the fastest and the exact one.
+        Otherwise the largest tile of which a call fits in an eighth of it; with automatic tiles, as many tiles
+        (or whole images of a batch) per call as fit in a quarter. ``bytes_per_pixel`` is the working memory one output pixel needs. With
+        ``free`` unknown, the model's defaults.
+        """
+        automatic = size is None
+        if automatic:
+            size = cls._automatic_size(free, output_pixels, latent_factor, bytes_per_pixel, default_size)
+        if batch is None:  # automatic with automatic tiles only: a tile size asked for means one tile per call
+            call_pixels = output_pixels if size == 0 else (size * latent_factor) ** 2
+            batch = _fitting(free / 4, call_pixels * bytes_per_pixel) if automatic and free is not None else 1
+        tiling = cls(size, min(default_overlap, size // 3) if overlap is None else overlap, batch)
+        tiling.check(automatic)
+        return tiling
+
+    @staticmethod
+    def _automatic_size(free: Optional[int], output_pixels: int, latent_factor: int, bytes_per_pixel: float,
+                        default_size: int) -> int:
+        if free is None:
+            return default_size
+        if output_pixels * bytes_per_pixel < free / 2:
+            return 0
+        fitting = (side for side in AUTO_TILE_SIDES if (side * latent_factor) ** 2 * bytes_per_pixel <= free / 8)
+        return next(fitting, MIN_TILE_SIZE)
+
+    def check(self, automatic: bool = False) -> None:
+        """Refuse an overlap that would make tiles step by a sliver (and the work take thousands of calls)."""
+        if self.size and self.overlap > max_overlap(self.size):
+            chosen = "chosen automatically for this image and memory" if automatic else "as asked"
+            raise BadInputError(f"tile overlap {self.overlap} is more than half the tile size ({self.size} latent "
+                                f"pixels, {chosen}); use an overlap of at most {max_overlap(self.size)}, or a larger tile")
 
 
-def count_batches(height: int, width: int, tile: int, overlap: int, batch_size: int, images: int = 1) -> int:
-    """How many calls :func:`tiled_map` makes: the unit of progress."""
-    tiles = len(tile_grid(height, width, tile, overlap)) * images
-    return -(-tiles // batch_size)
+def _fitting(budget: float, need: float) -> int:
+    return int(max(1, min(MAX_AUTO_BATCH, budget // max(need, 1))))
 
 
-def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, tile: int, overlap: int,
-              batch_size: int = 1, in_factor: int = 1, out_factor: int = 1,
-              on_batch: Optional[Callable[[], None]] = None) -> torch.Tensor:
-    """Apply ``fn`` to overlapping tiles of ``x`` and blend the results.
+@dataclass(frozen=True)
+class Tile:
+    """One tile: which image of the batch, and its rows and columns on the latent grid."""
+    image: int
+    rows: slice
+    cols: slice
 
-    The grid is ``x``'s size divided by ``in_factor`` (the latent grid); a tile of ``tile`` grid cells is
-    ``tile * in_factor`` input pixels and ``tile * out_factor`` output pixels. ``fn`` takes a batch of up to
-    ``batch_size`` tiles (from any of ``x``'s images). ``on_batch`` runs before each call (progress, cancel).
-    Where one tile covers the grid, ``fn`` sees the whole input and its output is returned untouched.
+
+class TilePlan:
+    """The tiles of a batch of equal-size images in the order they run, grouped into network calls.
+
+    Its length is the number of network calls: ``passes`` runs over the groups (the encoder, each velocity
+    step, the decoder). Rows run top to bottom, so a row of the grid is final once the next group starts below it.
     """
-    images, _, height, width = x.shape
-    grid_h, grid_w = height // in_factor, width // in_factor
-    tiles = tile_grid(grid_h, grid_w, tile, overlap)
-    jobs = [(index, rows, cols) for index in range(images) for rows, cols in tiles]
-    output = weights = None
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        if on_batch is not None:
-            on_batch()
-        if len(tiles) == 1:
-            result = fn(x[start:start + len(chunk)])
-            output = result if output is None else torch.cat([output, result])
-            continue
-        inputs = torch.cat([x[i:i + 1, :, rows.start * in_factor:rows.stop * in_factor,
-                              cols.start * in_factor:cols.stop * in_factor] for i, rows, cols in chunk])
-        result = fn(inputs).float()
-        if output is None:
-            output = result.new_zeros(images, result.shape[1], grid_h * out_factor, grid_w * out_factor)
-            weights = result.new_zeros(images, 1, grid_h * out_factor, grid_w * out_factor)
-        for piece, (i, rows, cols) in zip(result, chunk):
-            out_rows = slice(rows.start * out_factor, rows.stop * out_factor)
-            out_cols = slice(cols.start * out_factor, cols.stop * out_factor)
-            bump = gaussian_weights(piece.shape[-2], piece.shape[-1], piece.device)[0]
-            output[i, :, out_rows, out_cols] += piece * bump
-            weights[i, :, out_rows, out_cols] += bump
-    return output if weights is None else output / weights
+
+    def __init__(self, grid: tuple[int, int], images: int, tiling: Tiling, passes: int):
+        self.grid, self.tiling, self.passes = grid, tiling, passes
+        side = tiling.side(grid)
+        self.tile_shape = (min(side, grid[0]), min(side, grid[1]))
+        row_starts = tile_starts(grid[0], side, tiling.overlap)
+        col_starts = tile_starts(grid[1], side, tiling.overlap)
+        self.whole = len(row_starts) == len(col_starts) == 1
+        self.tiles = [Tile(image, slice(y, y + self.tile_shape[0]), slice(x, x + self.tile_shape[1]))
+                      for y in row_starts for image in range(images) for x in col_starts]
+        self.groups = [self.tiles[i:i + tiling.batch] for i in range(0, len(self.tiles), tiling.batch)]
+        self._row_weights = gaussian_bump(self.tile_shape[0]) if len(row_starts) > 1 else None
+        self._col_weights = gaussian_bump(self.tile_shape[1]) if len(col_starts) > 1 else None
+
+    def __len__(self) -> int:
+        return self.passes * len(self.groups)
+
+    def weights(self, factor: int = 1) -> torch.Tensor:
+        """(h, w) blend weights of a tile ``factor`` times the grid's resolution: a bump along the axes where
+        tiles overlap, ones along an axis one tile spans (so that a single tile comes back exactly)."""
+        height, width = self.tile_shape[0] * factor, self.tile_shape[1] * factor
+        rows = torch.ones(height) if self._row_weights is None else gaussian_bump(height)
+        cols = torch.ones(width) if self._col_weights is None else gaussian_bump(width)
+        return rows[:, None] * cols[None, :]
+
+    def final_rows(self, group_index: int) -> int:
+        """Grid rows ``[0, n)`` no tile after group ``group_index`` touches."""
+        if group_index + 1 >= len(self.groups):
+            return self.grid[0]
+        return self.groups[group_index + 1][0].rows.start
+
+
+class Band:
+    """Weighted sums of overlapping tiles over a window of rows of a batch of images; final rows leave it.
+
+    Memory is the window (the rows tiles still touch), not the image, unless every row stays until the end.
+    """
+
+    def __init__(self, images: int, channels: int, width: int):
+        self.top = 0
+        self.sums = torch.zeros(images, channels, 0, width)
+        self.weights = torch.zeros(images, 1, 0, width)
+
+    def add(self, image: int, rows: slice, cols: slice, values: torch.Tensor, weights: torch.Tensor) -> None:
+        """Add ``values`` (C, h, w) with ``weights`` (h, w) at ``rows`` x ``cols`` (rows below ``top``)."""
+        self._extend(rows.stop)
+        window = slice(rows.start - self.top, rows.stop - self.top)
+        self.sums[image, :, window, cols] += values.float() * weights
+        self.weights[image, :, window, cols] += weights
+
+    def _extend(self, stop: int) -> None:
+        missing = stop - self.top - self.sums.shape[2]
+        if missing > 0:
+            self.sums = torch.cat([self.sums, self.sums.new_zeros(*self.sums.shape[:2], missing, self.sums.shape[3])], 2)
+            self.weights = torch.cat([self.weights, self.weights.new_zeros(*self.weights.shape[:2], missing,
+                                                                           self.weights.shape[3])], 2)
+
+    def pop(self, stop: int) -> torch.Tensor:
+        """The blended rows ``[top, stop)`` (B, C, rows, W), which leave the band."""
+        count = stop - self.top
+        if count == self.sums.shape[2]:  # everything: normalise in place, no copy
+            rows = self.sums.div_(self.weights)
+            self.sums = rows.new_zeros(*rows.shape[:2], 0, rows.shape[3])
+        else:
+            rows = self.sums[:, :, :count] / self.weights[:, :, :count]
+            self.sums = self.sums[:, :, count:].clone()
+        self.weights = self.weights[:, :, count:].clone()
+        self.top = stop
+        return rows
+
+
+def fit_size(size: Sequence[int], longest_side: int, multiple: int = 1) -> tuple[int, int]:
+    """``size`` shrunk so its longer side is about ``longest_side``, sides a multiple of ``multiple``."""
+    factor = max(size) / longest_side
+    if factor <= 1:
+        return tuple(size)
+    return tuple(max(multiple, round(side / factor / multiple) * multiple) for side in size)
 
 
 def downscale_to_fit(x: torch.Tensor, longest_side: int, multiple: int = 1) -> torch.Tensor:
     """``x`` shrunk (area-averaged) so its longer side is at most ``longest_side``, sides a multiple of ``multiple``."""
-    factor = max(x.shape[-2], x.shape[-1]) / longest_side
-    if factor <= 1:
-        return x
-    size = tuple(max(multiple, round(side / factor / multiple) * multiple) for side in x.shape[-2:])
-    return F.interpolate(x.float(), size=size, mode="area").to(x.dtype)
+    size = fit_size(x.shape[-2:], longest_side, multiple)
+    return x if size == tuple(x.shape[-2:]) else F.interpolate(x.float(), size=size, mode="area").to(x.dtype)
+
+
+class _Recorder:
+    """A forward pre-hook that keeps the group statistics each GroupNorm sees, call after call."""
+
+    def __init__(self):
+        self.seen: dict[nn.GroupNorm, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def __call__(self, norm: nn.GroupNorm, inputs: tuple[torch.Tensor, ...]) -> None:
+        grouped = inputs[0].float().reshape(inputs[0].shape[0], norm.num_groups, -1)
+        self.seen.setdefault(norm, []).append((grouped.mean(-1), grouped.var(-1, unbiased=False)))
+
+
+class ImageSelection:
+    """Which image's statistics each item of the next batch uses (set by the caller before each call)."""
+
+    def __init__(self):
+        self.images = torch.zeros(1, dtype=torch.long)
+
+    def __call__(self, images: Sequence[int]) -> None:
+        self.images = torch.as_tensor(list(images), dtype=torch.long)
+
+
+class _FrozenGroupNorm:
+    """A GroupNorm's forward with fixed per-image statistics instead of the input's own."""
+
+    def __init__(self, norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor, selection: ImageSelection):
+        self.norm, self.mean, self.var, self.selection = norm, mean, var, selection
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        norm, chosen = self.norm, self.selection.images.to(self.mean.device)
+        mean, var = self.mean[chosen][..., None], self.var[chosen][..., None]
+        grouped = x.float().reshape(x.shape[0], norm.num_groups, -1)
+        normed = ((grouped - mean) * torch.rsqrt(var + norm.eps)).reshape(x.shape).to(x.dtype)
+        if norm.affine:
+            affine_shape = (1, -1) + (1,) * (x.ndim - 2)
+            normed = normed * norm.weight.reshape(affine_shape) + norm.bias.reshape(affine_shape)
+        return normed
 
 
 @contextlib.contextmanager
-def shared_group_norm_statistics(module: nn.Module, calibrate: Callable[[], object]) -> Iterator[None]:
+def shared_group_norm_statistics(module: nn.Module, calibrate: Callable[[], object]) -> Iterator[ImageSelection]:
     """Inside the block, every GroupNorm of ``module`` uses the statistics it saw during ``calibrate()``.
 
-    ``calibrate`` runs the module once on a small copy of the whole input, so that all tiles are normalised
-    alike (per image: the calibration batch must hold the one image whose tiles follow).
+    ``calibrate`` runs the module on a small copy of each image of the batch, one image after another, so that
+    all tiles of an image are normalised alike. The block receives an :class:`ImageSelection`: call it with the
+    image index of each item before every batch of tiles.
     """
     norms = [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
+    selection = ImageSelection()
     if not norms:
-        yield
+        yield selection
         return
-    statistics: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def record(norm: nn.GroupNorm, inputs: tuple[torch.Tensor, ...]) -> None:
-        grouped = inputs[0].float().reshape(inputs[0].shape[0], norm.num_groups, -1)
-        statistics[norm] = (grouped.mean(-1), grouped.var(-1, unbiased=False))
-
-    hooks = [norm.register_forward_pre_hook(record) for norm in norms]
+    recorder = _Recorder()
+    hooks = [norm.register_forward_pre_hook(recorder) for norm in norms]
     try:
         with torch.no_grad():
             calibrate()
     finally:
         for hook in hooks:
             hook.remove()
-
-    def frozen_forward(norm: nn.GroupNorm) -> Callable[[torch.Tensor], torch.Tensor]:
-        mean, var = statistics[norm]
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            grouped = x.float().reshape(x.shape[0], norm.num_groups, -1)
-            normed = (grouped - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)
-            normed = normed.reshape(x.shape).to(x.dtype)
-            if norm.affine:
-                affine_shape = (1, -1) + (1,) * (x.ndim - 2)
-                normed = normed * norm.weight.reshape(affine_shape) + norm.bias.reshape(affine_shape)
-            return normed
-        return forward
-
-    patched = [norm for norm in norms if norm in statistics]
-    for norm in patched:
-        norm.forward = frozen_forward(norm)
+    for norm, seen in recorder.seen.items():
+        norm.forward = _FrozenGroupNorm(norm, torch.cat([m for m, _ in seen]), torch.cat([v for _, v in seen]),
+                                        selection)
     try:
-        yield
+        yield selection
     finally:
-        for norm in patched:
+        for norm in recorder.seen:
             del norm.forward

@@ -47,6 +47,25 @@ class FlowSRModel(nn.Module):
         """The predicted velocity at ``x_t``; ``t`` holds one flow time in [0, 1] per batch item."""
         raise NotImplementedError
 
+    def encode_fp32(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """:meth:`encode` in the autoencoder's precision, as fp32; redone in fp32 if half precision overflowed."""
+        latent = self.encode(pixels, generator)
+        if self._overflowed(latent):
+            with self.autoencoder_in_fp32():
+                latent = self.encode(pixels, generator)
+        return latent.float()
+
+    def decode_fp32(self, latent: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` in the autoencoder's precision, as fp32; redone in fp32 if half precision overflowed."""
+        pixels = self.decode(latent)
+        if self._overflowed(pixels):
+            with self.autoencoder_in_fp32():
+                pixels = self.decode(latent)
+        return pixels.float()
+
+    def _overflowed(self, result: torch.Tensor) -> bool:
+        return self.autoencoder_dtype != torch.float32 and not bool(torch.isfinite(result).all())
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

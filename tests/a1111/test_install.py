@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 STANDINS = Path(__file__).resolve().parent / "standins"
 #: A1111 1.10.1's pins (requirements_versions.txt) for what FlowSR also uses.
 A1111_ENV = {"torch": "2.1.2", "transformers": "4.30.2", "accelerate": "0.21.0", "safetensors": "0.4.2",
-             "huggingface-hub": "0.36.2", "numpy": "1.26.2", "pillow": "9.5.0", "tqdm": "4.66.1"}
+             "huggingface-hub": "0.36.2", "numpy": "1.26.2", "pillow": "9.5.0", "psutil": "5.9.5",
+             "tqdm": "4.66.1"}
 
 
 def load(path: Path, name: str):

@@ -306,7 +306,7 @@ def test_a_base_model_from_models_checkpoints_reaches_flowsr_as_that_file(
 
     monkeypatch.setattr(pack.flowsr.FlowSRPipeline, "from_pretrained", from_pretrained)
     model = run("FlowSRLoader", flowsr_weights=tiny_model_file.name, base_model="v2-1_512-ema-pruned.safetensors",
-                dtype="fp16")
+                dtype="bf16")  # fp16 is refused on a CPU-only ComfyUI (flowsr.devices.resolve_dtype)
     assert calls == [(str(tiny_model_file), str(shared / "v2-1_512-ema-pruned.safetensors"),
-                      {"device": torch.device("cpu"), "dtype": torch.float16})]
+                      {"device": torch.device("cpu"), "dtype": torch.bfloat16})]
     assert model.pipeline is pipeline

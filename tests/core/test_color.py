@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from flowsr.color import adain_color_fix, color_fix, wavelet_split
+from flowsr.color import MARGINS, adain_color_fix, apply_color_fix, channel_statistics, wavelet_split
 
 
 def test_wavelet_split_is_exact_and_low_is_smooth():
@@ -14,7 +14,7 @@ def test_wavelet_split_is_exact_and_low_is_smooth():
 def test_wavelet_fix_takes_reference_colour_and_keeps_content_detail():
     content = torch.rand(1, 3, 64, 64)
     reference = torch.full_like(content, 0.2)
-    fixed = color_fix(content, reference, "wavelet")
+    fixed = apply_color_fix(content, reference, "wavelet")
     assert abs(fixed.mean().item() - 0.2) < 0.02
     assert torch.allclose(fixed - wavelet_split(reference)[1], wavelet_split(content)[0], atol=1e-6)
     assert fixed.std() > 0.25  # the content's detail survives the flat reference
@@ -29,6 +29,27 @@ def test_adain_matches_channel_statistics():
 
 def test_none_and_unknown():
     x = torch.rand(1, 3, 8, 8)
-    assert color_fix(x, x * 0, "none") is x
+    assert apply_color_fix(x, x * 0, "none") is x
     with pytest.raises(ValueError):
-        color_fix(x, x, "histogram")
+        apply_color_fix(x, x, "histogram")
+
+
+def test_wavelet_fix_of_a_rectangle_read_with_the_margin_equals_the_whole_fix():
+    content, reference = torch.rand(1, 3, 100, 90), torch.rand(1, 3, 100, 90)
+    whole = apply_color_fix(content, reference, "wavelet")
+    margin = MARGINS["wavelet"]
+    rows, cols = slice(40 - margin, 60 + margin), slice(0, 30 + margin)  # inside, and at the left border
+    part = apply_color_fix(content[..., rows, cols], reference[..., rows, cols], "wavelet")
+    assert torch.allclose(part[..., margin:-margin, :30], whole[..., 40:60, :30], atol=1e-5)
+    short = slice(40 - margin + 1, 60 + margin)
+    too_little = apply_color_fix(content[..., short, cols], reference[..., short, cols], "wavelet")
+    assert not torch.allclose(too_little[..., margin - 1:-margin, :30], whole[..., 40:60, :30], atol=1e-5)
+
+
+def test_adain_takes_statistics_from_elsewhere_when_given():
+    content, reference = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    small_content, small_reference = content[..., ::2, ::2] * 2, reference[..., ::2, ::2] + 0.5
+    statistics = (channel_statistics(small_content), channel_statistics(small_reference))
+    fixed = apply_color_fix(content, reference, "adain", statistics)
+    expected = (content - statistics[0][0]) / statistics[0][1] * statistics[1][1] + statistics[1][0]
+    assert torch.allclose(fixed, expected) and not torch.allclose(fixed, adain_color_fix(content, reference))

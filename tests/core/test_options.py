@@ -12,7 +12,7 @@ def test_defaults_and_every_documented_value_pass():
     check_upscale_options({name: option.default for name, option in UPSCALE_OPTIONS.items()})
     check_upscale_options(dict(scale=1, steps=50, schedule="sd3", tile_size=0, tile_overlap=512, tile_batch=1,
                                color_fix="none", seed=0))
-    check_upscale_options(dict(tile_size=16, tile_overlap=15, scale=8.0))
+    check_upscale_options(dict(tile_size=16, tile_overlap=8, scale=8.0))
 
 
 @pytest.mark.parametrize("values, message", [
@@ -27,7 +27,7 @@ def test_defaults_and_every_documented_value_pass():
     (dict(color_fix="auto"), "colour fix must be one of wavelet, adain, none"),
     (dict(tile_size=8), r"tile size must be 0 \(off\) or at least 16 and at most 1024, got 8"),
     (dict(tile_size=AUTOMATIC), "tile size must be 0 .off. or at least 16 and at most 1024, got -1"),
-    (dict(tile_size=32, tile_overlap=32), r"tile overlap must be smaller than the tile size \(32\), got 32"),
+    (dict(tile_size=32, tile_overlap=17), r"tile overlap must be at most half the tile size \(32\), got 17"),
     (dict(tile_overlap=-4), "tile overlap must be between 0 and 512, got -4"),
     (dict(tile_batch=0), "tile batch must be between 1 and 64"),
     (dict(seed=-2), "seed must be between 0 and 18446744073709551615, got -2"),
@@ -38,7 +38,7 @@ def test_a_wrong_value_is_named_with_what_would_be_right(values, message):
 
 
 def test_labels_name_the_option_as_the_caller_knows_it():
-    with pytest.raises(BadInputError, match="^--tile-overlap must be smaller than the tile size"):
+    with pytest.raises(BadInputError, match="^--tile-overlap must be at most half the tile size"):
         check_upscale_options(dict(tile_size=16, tile_overlap=20), labels=cli_labels())
     with pytest.raises(TypeError, match="tile_sise"):
         check_upscale_options(dict(tile_sise=16))

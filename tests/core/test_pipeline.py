@@ -9,7 +9,8 @@ from PIL import Image
 
 from flowsr import BadInputError, Cancelled, FlowSRPipeline, OutOfMemoryError, flow
 from flowsr.models.base import FlowSRModel
-from flowsr.pipeline import Tiling, pad_to_multiple
+from flowsr.resample import padded_positions
+from flowsr.tiling import Tiling
 
 
 def reference_upscale(model, lr, scale, times):
@@ -38,7 +39,26 @@ def test_non_integer_scale_and_batch(tiny_pipeline, image):
     out = tiny_pipeline.upscale_tensor(batch, scale=2.5, tile_size=0)
     assert out.shape == (2, 3, 60, 80) and 0 <= out.min() and out.max() <= 1
     single = tiny_pipeline.upscale_tensor(batch[1:], scale=2.5, tile_size=0)
-    assert torch.allclose(out[1:], single, atol=1e-6)
+    assert torch.allclose(out[1:], single, atol=1e-5)  # one call for both images: float sums in another order
+
+
+def test_a_batch_shares_network_calls_and_keeps_progress_exact(tiny_pipeline, image):
+    frames = torch.cat([image, image.flip(-1), image.flip(-2)])
+    calls, sizes = [], []
+    model = tiny_pipeline.model
+    original = type(model).velocity
+    model.velocity = lambda x_t, t: sizes.append(len(x_t)) or original(model, x_t, t)
+    try:
+        out = tiny_pipeline.upscale_tensor(frames, tile_size=16, tile_overlap=4, tile_batch=4,
+                                           progress=lambda done, total: calls.append((done, total)))
+    finally:
+        del model.velocity
+    one_by_one = torch.cat([tiny_pipeline.upscale_tensor(frame[None], tile_size=16, tile_overlap=4, tile_batch=1)
+                            for frame in frames])
+    assert torch.allclose(out, one_by_one, atol=1e-5)
+    # three frames of 24 x 32 latent pixels, 2 x 3 tiles of 16 each: 18 tiles in 5 calls per pass, 3 passes
+    assert sizes == [4, 4, 4, 4, 2]
+    assert [done for done, _ in calls] == list(range(1, 16)) and {total for _, total in calls} == {15}
 
 
 def test_tiling_of_a_local_model_is_seamless(image):
@@ -142,11 +162,9 @@ def test_half_precision_overflow_in_the_decoder_falls_back_to_fp32(image):
     assert torch.isfinite(out).all() and model.autoencoder.weight.dtype == torch.float16
 
 
-def test_pad_to_multiple_reflects_then_replicates():
-    x = torch.arange(3.0).reshape(1, 1, 1, 3)
-    padded = pad_to_multiple(x, 8)
-    assert padded.shape == (1, 1, 8, 8)
-    assert padded[0, 0, 0].tolist() == [0, 1, 2, 1, 0, 0, 0, 0]
+def test_padding_reflects_then_replicates():
+    assert padded_positions(0, 8, 3, 8).tolist() == [0, 1, 2, 1, 0, 0, 0, 0]
+    assert padded_positions(0, 4, 1, 4).tolist() == [0, 0, 0, 0]
 
 
 @pytest.mark.parametrize("options,message", [
@@ -199,10 +217,57 @@ def test_numpy_and_torch_keep_their_layout(tiny_pipeline):
 def test_automatic_tiles_follow_free_memory(tiny_pipeline, monkeypatch):
     import flowsr.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "free_memory", lambda device: 80 * 2 ** 30)
-    assert tiny_pipeline._tiling((2048, 2048), None, None, None).size == 0  # fits whole: no tiles
-    assert tiny_pipeline._tiling((16384, 16384), None, None, None).size == 128
-    monkeypatch.setattr(pipeline, "free_memory", lambda device: 5 * 2 ** 30)
-    assert tiny_pipeline._tiling((16384, 16384), None, None, None) == Tiling(64, 16, 1)
-    monkeypatch.setattr(pipeline, "free_memory", lambda device: None)  # the CPU: the model's default
-    assert tiny_pipeline._tiling((512, 512), None, None, None).size == tiny_pipeline.model.default_tile_size
+    def tiling(free, size):
+        monkeypatch.setattr(pipeline, "free_memory", lambda device: free)
+        return tiny_pipeline._tiling(size, None, None, None)
+
+    assert tiling(80 * 2 ** 30, (2048, 2048)).size == 0  # fits whole: no tiles
+    assert tiling(80 * 2 ** 30, (16384, 16384)).size == 128
+    roomy, tight = tiling(5 * 2 ** 30, (16384, 16384)), tiling(2 ** 30, (16384, 16384))
+    assert tight.size < roomy.size and tight.batch <= roomy.batch
+    assert tiling(2 ** 20, (16384, 16384)) == Tiling(16, 5, 1)  # the smallest tile, however little is free
+    assert tiling(None, (512, 512)).size == tiny_pipeline.model.default_tile_size  # unknown (MPS): the default
+
+
+def test_an_overlap_too_large_for_the_automatic_tile_is_refused_before_any_work(tiny_pipeline, image, monkeypatch):
+    import flowsr.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "free_memory", lambda device: 2 ** 24)  # forces tiles of 16
+    calls = []
+    with pytest.raises(BadInputError, match="overlap 200 is more than half the tile size.*automatically"):
+        tiny_pipeline.upscale_tensor(image, tile_overlap=200, progress=lambda d, t: calls.append(t))
+    assert calls == []
+
+
+def test_fp16_on_the_cpu_is_refused_with_what_to_use_instead():
+    from flowsr.devices import resolve_dtype
+
+    with pytest.raises(BadInputError, match="fp16 on the CPU.*use fp32"):
+        resolve_dtype("fp16", "cpu")
+    assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("bf16", "cpu") == torch.bfloat16
+
+
+def test_an_array_with_nan_values_is_refused_naming_them(tiny_pipeline):
+    array = np.random.rand(16, 16, 3).astype(np.float32)
+    array[4:8, 4:8] = np.nan
+    with pytest.raises(BadInputError, match="48 NaN"):
+        tiny_pipeline.upscale(array)
+    with pytest.raises(BadInputError, match="NaN"):
+        tiny_pipeline.upscale_tensor(torch.from_numpy(array).permute(2, 0, 1)[None])
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to "
+                 "allocate 21474836480 bytes."),
+    MemoryError(),
+])
+def test_running_out_of_cpu_memory_backs_off_then_says_what_to_do(tiny_pipeline, image, monkeypatch, error):
+    sizes = []
+
+    def velocity(x_t, t):
+        sizes.append(x_t.shape[-1])
+        raise error
+    monkeypatch.setattr(tiny_pipeline.model, "velocity", velocity)
+    with pytest.raises(OutOfMemoryError, match="close other programs"):
+        tiny_pipeline.upscale_tensor(image, scale=8, tile_size=0)
+    assert sizes[0] == 64 and sizes[-1] == 16  # untiled, then tiles of 64, 32, 16

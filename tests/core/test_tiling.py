@@ -1,10 +1,10 @@
-"""Tiles cover every pixel, blend to the identity for local maps, and share normalisation statistics."""
+"""Tiles cover every pixel, blend to the identity for local maps, release final rows, and share normalisation
+statistics per image."""
 import pytest
 import torch
 from torch import nn
 
-from flowsr.tiling import (count_batches, downscale_to_fit, shared_group_norm_statistics, tile_grid, tile_starts,
-                           tiled_map)
+from flowsr.tiling import Band, TilePlan, Tiling, downscale_to_fit, shared_group_norm_statistics, tile_starts
 
 
 @pytest.mark.parametrize("size,tile,overlap", [(10, 16, 4), (16, 16, 4), (17, 16, 4), (100, 32, 8), (33, 16, 15)])
@@ -19,32 +19,75 @@ def test_tiles_cover_everything_and_stay_inside(size, tile, overlap):
         assert b - a <= tile - overlap  # neighbours overlap by at least `overlap`
 
 
-def test_pointwise_map_is_reproduced_exactly_by_tiles():
+def blend(plan: TilePlan, fn, x: torch.Tensor, factor: int = 1) -> torch.Tensor:
+    """``fn`` over the plan's tiles of ``x`` (on the grid), blended at ``factor`` times the grid's resolution."""
+    band = Band(len(x), x.shape[1], x.shape[-1] * factor)
+    weights = plan.weights(factor)
+    for group in plan.groups:
+        results = fn(torch.stack([x[tile.image, :, tile.rows, tile.cols] for tile in group]))
+        for tile, result in zip(group, results):
+            rows = slice(tile.rows.start * factor, tile.rows.stop * factor)
+            cols = slice(tile.cols.start * factor, tile.cols.stop * factor)
+            band.add(tile.image, rows, cols, result, weights)
+    return band.pop(x.shape[-2] * factor)
+
+
+def test_pointwise_map_is_reproduced_by_tiles_of_several_images_per_call():
     x = torch.randn(2, 3, 40, 56)
-    out = tiled_map(lambda t: t * 2 + 1, x, tile=16, overlap=6, batch_size=3)
-    assert torch.allclose(out, x * 2 + 1, atol=1e-5)
+    plan = TilePlan((40, 56), 2, Tiling(16, 6, 3), passes=1)
+    assert max(len(group) for group in plan.groups) == 3 and len({t.image for t in plan.groups[1]}) == 2
+    assert torch.allclose(blend(plan, lambda t: t * 2 + 1, x), x * 2 + 1, atol=1e-5)
 
 
-def test_scale_factors_map_tiles_between_grids():
-    x = torch.randn(1, 3, 64, 96)  # pixels; grid of 8 x 12 with in_factor 8
-    down = tiled_map(lambda t: nn.functional.avg_pool2d(t, 8), x, tile=4, overlap=2, in_factor=8)
-    assert torch.allclose(down, nn.functional.avg_pool2d(x, 8), atol=1e-5)
-    up = tiled_map(lambda t: t.repeat_interleave(8, -1).repeat_interleave(8, -2), down, tile=4, overlap=2,
-                   out_factor=8)
-    assert up.shape == x.shape
+def test_tiles_blended_at_a_finer_resolution_reproduce_the_upsampled_whole():
+    x = torch.randn(1, 3, 8, 12)
+    upsample = lambda t: t.repeat_interleave(8, -1).repeat_interleave(8, -2)  # noqa: E731
+    plan = TilePlan((8, 12), 1, Tiling(4, 2), passes=1)
+    up = blend(plan, upsample, x, factor=8)
+    assert torch.allclose(up, upsample(x), atol=1e-5)
+    assert not torch.allclose(blend(plan, lambda t: upsample(t.flip(-1)), x, factor=8), upsample(x), atol=0.1)
 
 
-def test_single_tile_returns_the_function_output_untouched():
+def test_a_single_tile_comes_back_exactly():
     x = torch.randn(2, 3, 8, 8)
-    calls = []
-    out = tiled_map(lambda t: calls.append(len(t)) or t.sin(), x, tile=16, overlap=4, batch_size=1)
-    assert torch.equal(out, x.sin()) and calls == [1, 1]
+    plan = TilePlan((8, 8), 2, Tiling(0, 0), passes=1)
+    assert plan.whole and torch.equal(blend(plan, torch.sin, x), x.sin())
 
 
-def test_progress_counts_match_calls():
-    calls = []
-    tiled_map(lambda t: t, torch.zeros(2, 1, 50, 30), tile=16, overlap=4, batch_size=4, on_batch=lambda: calls.append(1))
-    assert len(calls) == count_batches(50, 30, 16, 4, 4, images=2)
+def test_plan_length_counts_every_network_call():
+    plan = TilePlan((50, 30), 2, Tiling(16, 4, 4), passes=3)
+    tiles = len(tile_starts(50, 16, 4)) * len(tile_starts(30, 16, 4)) * 2
+    assert len(plan.tiles) == tiles and len(plan) == 3 * -(-tiles // 4)
+    assert sum(len(group) for group in plan.groups) == tiles
+
+
+def test_rows_are_final_only_once_no_later_tile_touches_them():
+    plan = TilePlan((50, 30), 2, Tiling(16, 4, 3), passes=1)
+    for index in range(len(plan.groups)):
+        final = plan.final_rows(index)
+        later = [tile for group in plan.groups[index + 1:] for tile in group]
+        assert all(tile.rows.start >= final for tile in later)
+        assert not later or any(tile.rows.start == final for tile in later)  # and not later than need be
+    assert plan.final_rows(len(plan.groups) - 1) == 50
+
+
+def test_band_holds_only_the_rows_tiles_still_touch():
+    x = torch.randn(1, 2, 200, 16)
+    plan = TilePlan((200, 16), 1, Tiling(16, 4), passes=1)
+    band, weights, out, widest = Band(1, 2, 16), plan.weights(), [], 0
+    for index, group in enumerate(plan.groups):
+        for tile in group:
+            band.add(tile.image, tile.rows, tile.cols, x[0, :, tile.rows, tile.cols], weights)
+        widest = max(widest, band.sums.shape[2])
+        out.append(band.pop(plan.final_rows(index)))
+    assert torch.allclose(torch.cat(out, 2), x, atol=1e-5) and widest <= 16
+
+
+def test_shrinking_halves_the_batch_then_the_tile():
+    assert Tiling(96, 32, 4).shrunk() == Tiling(96, 32, 2)
+    assert Tiling(96, 32, 1).shrunk() == Tiling(48, 12, 1)
+    assert Tiling(0, 0, 1).shrunk().size == 64
+    assert Tiling(16, 4, 1).shrunk() is None
 
 
 def test_downscale_to_fit_keeps_multiples():
@@ -52,15 +95,22 @@ def test_downscale_to_fit_keeps_multiples():
     assert max(small.shape[-2:]) <= 256 + 8 and small.shape[-2] % 8 == 0 and small.shape[-1] % 8 == 0
 
 
-def test_shared_group_norm_statistics_normalise_tiles_like_the_whole():
+def test_shared_group_norm_statistics_normalise_each_images_tiles_like_that_whole_image():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.GroupNorm(4, 8), nn.Conv2d(8, 3, 1))
-    x = torch.randn(1, 3, 32, 32) + torch.linspace(-3, 3, 32)  # statistics differ from tile to tile
+    x = torch.randn(2, 3, 32, 32) + torch.linspace(-3, 3, 32)  # statistics differ from tile to tile
+    x[1] = x[1] * 4 + 2  # and from image to image
     whole = net(x)
+    plan = TilePlan((32, 32), 2, Tiling(8, 2, 3), passes=1)
     with torch.no_grad():
-        naive = tiled_map(net, x, tile=8, overlap=2)
-        with shared_group_norm_statistics(net, lambda: net(x)):
-            shared = tiled_map(net, x, tile=8, overlap=2)
+        naive = blend(plan, net, x)
+        with shared_group_norm_statistics(net, lambda: [net(image[None]) for image in x]) as select:
+            images = iter(plan.groups)
+
+            def tiles_with_their_statistics(tiles):
+                select([tile.image for tile in next(images)])
+                return net(tiles)
+            shared = blend(plan, tiles_with_their_statistics, x)
     assert torch.allclose(shared, whole, atol=1e-4)
     assert (naive - whole).abs().max() > 0.1
     assert "forward" not in vars(net[1])  # restored afterwards
