@@ -14,7 +14,10 @@ starts ``main.py --cpu --disable-api-nodes`` on 127.0.0.1, and checks:
   images of the size the graph implies; the progress bar advanced per tile;
 - Cancel (``POST /interrupt``) stops a long upscale within about one tile;
 - scale 0 is refused at validation and a wrong file in the loader fails with FlowSR's message, the server
-  staying up.
+  staying up;
+- with ``--browser /usr/bin/chromium``: ComfyUI's page in that browser, as ``comfyui_browser.py`` says
+  (template cards, each workflow opened from its card, one run from the page); screenshots go to
+  ``--screenshots`` (default: OUT/screenshots). Needs playwright in this Python.
 
 Results go to ``--out`` (report.json, report.md, the server log). ``--thumbnails DIR`` also writes each
 workflow's first output as ``DIR/<workflow>.jpg``. Exit status 0 when everything passed.
@@ -34,6 +37,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 import uuid
 from pathlib import Path
 from typing import Any, Optional
@@ -41,6 +45,7 @@ from typing import Any, Optional
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
+import comfyui_browser  # noqa: E402
 import comfyui_workflows as checker  # noqa: E402
 
 PACK_FOLDER = "ComfyUI-FlowSR"
@@ -205,7 +210,8 @@ def check_templates(server: Server, pack: Path, workflows: list[Path], report: R
     report.check("template browser lists every workflow", sorted(listed) == sorted(p.stem for p in workflows),
                  sorted(listed))
     for path in workflows:
-        request = urllib.request.Request(f"{server.url}/api/workflow_templates/{pack.name}/{path.stem}.jpg")
+        request = urllib.request.Request(
+            f"{server.url}/api/workflow_templates/{quote(pack.name)}/{quote(path.stem)}.jpg")
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 served = response.status == 200 and response.read(3) == b"\xff\xd8\xff"
@@ -335,7 +341,7 @@ def write_thumbnail(image_path: Path, target: Path, side: int = 512) -> None:
 def check_cancel(server: Server, workflows: list[Path], report: Report, timeout: float) -> dict:
     """Queue a long tiled upscale (8x, 16-latent tiles) of the full-size example.png, press Cancel once it runs,
     time the stop. The work is sized to last minutes even for the fast built-in model."""
-    path = next(p for p in workflows if "tiled" in p.stem)
+    path = checker.simplest_workflow(workflows)
     prompt = json.loads((path.parent / "api" / path.name).read_text())
     for node in prompt.values():
         if node["class_type"] == "FlowSRUpscale":
@@ -367,7 +373,7 @@ def write_foreign_safetensors(path: Path) -> None:
 
 def check_bad_inputs(server: Server, comfyui: Path, workflows: list[Path], input_name: str, report: Report,
                      timeout: float) -> dict:
-    path = next(p for p in workflows if p.stem == "flowsr_upscale")
+    path = checker.simplest_workflow(workflows)
     prompt = json.loads((path.parent / "api" / path.name).read_text())
     for node in prompt.values():
         if node["class_type"] == "LoadImage":
@@ -417,6 +423,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds one workflow may take")
     parser.add_argument("--thumbnails", type=Path, help="also write <workflow>.jpg from each workflow's output")
     parser.add_argument("--skip-cancel", action="store_true", help="skip the Cancel check (about a minute)")
+    parser.add_argument("--browser", help="Chromium to open ComfyUI's page in (e.g. /usr/bin/chromium)")
+    parser.add_argument("--screenshots", type=Path, help="where the browser checks' screenshots go "
+                                                         "(default: OUT/screenshots)")
     args = parser.parse_args(argv)
     if args.comfyui is None:
         parser.error("give --comfyui or set FLOWSR_COMFYUI_DIR")
@@ -441,6 +450,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         summary["workflows"] = run_workflows(server, comfyui, workflows, object_info, input_name, input_size,
                                              listener, report, args.thumbnails, args.timeout)
         summary["bad_inputs"] = check_bad_inputs(server, comfyui, workflows, input_name, report, args.timeout)
+        if args.browser:
+            summary["browser"] = comfyui_browser.run_browser_checks(
+                server.url, args.browser, pack.name, workflows, object_info, report,
+                args.screenshots or args.out / "screenshots", args.timeout)
         if not args.skip_cancel:
             summary["cancel"] = check_cancel(server, workflows, report, args.timeout)
     except Exception as error:  # report what broke, then still stop the server
