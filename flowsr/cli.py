@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .color import COLOR_FIXES
 from .errors import FlowSRError, BadInputError, CheckpointError
-from .flow import SCHEDULES
+from .options import add_upscale_options
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -25,24 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     up.add_argument("-o", "--output", type=Path, required=True,
                     help="output file (one input image) or folder (created if missing)")
-    up.add_argument("--scale", type=float, default=4.0, help="upscaling factor, 1 to 8 (default 4)")
-    up.add_argument("--steps", type=int, default=1, help="flow steps; 1 is the distilled one-step result")
-    up.add_argument("--schedule", choices=sorted(SCHEDULES), default="uniform",
-                    help="flow times for --steps > 1: uniform (t = 1 - k/N) or sd3 (shifted)")
     up.add_argument("--checkpoint", help="flowsr.safetensors (public weights) or a small-model file; "
                                          "default: the built-in small model")
     up.add_argument("--base-model", help="SD 2.1-base for the public weights: a diffusers folder, a single-file "
                                          ".safetensors, or a hub id (with --allow-download)")
     up.add_argument("--allow-download", action="store_true", help="let --base-model be fetched from the hub")
-    up.add_argument("--tile-size", type=int, default=None,
-                    help="tile side in latent pixels (image pixels / 8 for SD); 0 = off; default: from free memory")
-    up.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in latent pixels")
-    up.add_argument("--tile-batch", type=int, default=None, help="tiles per network call")
-    up.add_argument("--color-fix", choices=COLOR_FIXES, default="wavelet", help="colour correction against the input")
-    up.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
+    add_upscale_options(up)
     up.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
-    up.add_argument("--seed", type=int, default=None,
-                    help="sample the encoder's latent with this seed (default: its mean, deterministic)")
 
     check = commands.add_parser("check", help="validate a FlowSR weights file and print what it holds")
     check.add_argument("file", type=Path)

@@ -14,18 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from . import flow
-from .color import COLOR_FIXES, color_fix
+from .color import color_fix
 from .devices import empty_cache, free_memory, is_out_of_memory, resolve_device, resolve_dtype
 from .errors import BadInputError, Cancelled, OutOfMemoryError
 from .images import ImageLike, to_batch
 from .models.base import FlowSRModel
+from .options import MIN_TILE_SIZE, check_upscale_options
 from .tiling import count_batches, downscale_to_fit, shared_group_norm_statistics, tiled_map
 
-MIN_SCALE, MAX_SCALE = 1.0, 8.0
 #: Outputs beyond this many pixels (about 32k x 32k) are refused before any work starts.
 MAX_OUTPUT_PIXELS = 1 << 30
-#: Out-of-memory retries stop at tiles this small (latent pixels).
-MIN_TILE_SIZE = 16
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
@@ -143,24 +141,12 @@ class FlowSRPipeline:
             raise BadInputError(f"expected RGB pixels shaped (B, 3, H, W), got {tuple(pixels.shape)}")
         if pixels.shape[0] == 0 or min(pixels.shape[-2:]) < 1:
             raise BadInputError(f"the image is empty ({tuple(pixels.shape)})")
-        if not MIN_SCALE <= scale <= MAX_SCALE:
-            raise BadInputError(f"scale must be between {MIN_SCALE:g} and {MAX_SCALE:g}, got {scale:g}")
+        check_upscale_options(dict(scale=scale, steps=steps, schedule=schedule, tile_size=tile_size,
+                                   tile_overlap=tile_overlap, tile_batch=tile_batch, color_fix=color_fix))
         height, width = output_size(pixels.shape[-2], pixels.shape[-1], scale)
         if height * width > MAX_OUTPUT_PIXELS:
             raise BadInputError(f"the output would be {width}x{height} pixels, more than this tool handles; "
                                 "upscale a smaller image or use a smaller scale")
-        if not isinstance(steps, int) or steps < 1:
-            raise BadInputError(f"steps must be a whole number >= 1, got {steps!r}")
-        if schedule not in flow.SCHEDULES:
-            raise BadInputError(f"unknown schedule {schedule!r}; choose one of {sorted(flow.SCHEDULES)}")
-        if color_fix not in COLOR_FIXES:
-            raise BadInputError(f"unknown colour fix {color_fix!r}; choose one of {COLOR_FIXES}")
-        if tile_size is not None and tile_size != 0 and tile_size < MIN_TILE_SIZE:
-            raise BadInputError(f"tile size must be 0 (off) or at least {MIN_TILE_SIZE} latent pixels, got {tile_size}")
-        if tile_overlap is not None and (tile_overlap < 0 or (tile_size and tile_overlap >= tile_size)):
-            raise BadInputError(f"tile overlap must be >= 0 and smaller than the tile size, got {tile_overlap}")
-        if tile_batch is not None and tile_batch < 1:
-            raise BadInputError(f"tile batch must be >= 1, got {tile_batch}")
 
     def _tiling(self, size: tuple[int, int], tile_size, tile_overlap, tile_batch) -> Tiling:
         """The caller's tiling, with what they left open chosen from the model and the free memory."""

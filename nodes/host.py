@@ -19,6 +19,7 @@ from comfy.model_patcher import ModelPatcher
 
 from .. import flowsr
 from ..flowsr.devices import resolve_dtype
+from ..flowsr.options import DTYPE, UPSCALE_OPTIONS, check_option, check_upscale_options
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ WEIGHT_EXTENSIONS = {".safetensors"}
 NO_BASE_MODEL = "none"
 #: How diffusers folders from ``models/diffusers`` appear among the base models.
 DIFFUSERS_PREFIX = "[diffusers] "
-DTYPES = ("auto", "fp32", "fp16", "bf16")
 #: Working memory asked of ComfyUI beyond the weights, as a multiple of the weights, at most this many bytes.
 WORKING_MEMORY_FACTOR, MAX_WORKING_MEMORY = 4, 3 * 2 ** 30
 
@@ -89,7 +89,7 @@ def _existing(path: Optional[str], name: str, where: str) -> str:
     return path
 
 
-class FlowSRModule(torch.nn.Module):
+class FlowSRForModelPatcher(torch.nn.Module):
     """The FlowSR model as ComfyUI's ModelPatcher wants it.
 
     The patcher writes its bookkeeping (``device``, loaded bytes...) onto the module it manages; FlowSRModel
@@ -123,8 +123,7 @@ _loaded: "weakref.WeakValueDictionary[tuple, LoadedFlowSR]" = weakref.WeakValueD
 
 
 def load(flowsr_weights: str, base_model: str, dtype: str) -> LoadedFlowSR:
-    if dtype not in DTYPES:
-        raise flowsr.BadInputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    check_option(DTYPE, dtype)
     weights_path, base_path = _resolve_weights(flowsr_weights), _resolve_base_model(base_model)
     load_device, offload_device = model_management.get_torch_device(), model_management.unet_offload_device()
     torch_dtype = _dtype_for(dtype, load_device)
@@ -137,7 +136,7 @@ def load(flowsr_weights: str, base_model: str, dtype: str) -> LoadedFlowSR:
                                                          dtype=torch_dtype)
     except flowsr.FlowSRError as error:
         raise type(error)(f"{error}\n{_where_files_go()}") from error
-    patcher = ModelPatcher(FlowSRModule(pipeline.model), load_device=load_device, offload_device=offload_device)
+    patcher = ModelPatcher(FlowSRForModelPatcher(pipeline.model), load_device=load_device, offload_device=offload_device)
     description = flowsr_weights if base_path is None else f"{flowsr_weights} on {base_model}"
     loaded = LoadedFlowSR(pipeline, patcher, f"{description} ({str(torch_dtype).removeprefix('torch.')})")
     _loaded[key] = loaded
@@ -175,14 +174,15 @@ def upscale(flowsr_model: LoadedFlowSR, image, scale: float, tile_size: int, til
     if not isinstance(flowsr_model, LoadedFlowSR):
         raise flowsr.BadInputError("flowsr_model must come from the 'Load FlowSR Model' node")
     pixels = image_to_pixels(image)
+    options = from_widgets(scale=scale, steps=steps, schedule=schedule, tile_size=tile_size,
+                           tile_overlap=tile_overlap, color_fix=color_fix, seed=seed)
+    check_upscale_options(options)  # before ComfyUI moves the model onto the GPU
 
     def attempt() -> torch.Tensor:
         model_management.load_models_gpu([flowsr_model.patcher], memory_required=_working_memory(flowsr_model),
                                          force_full_load=True)
-        return flowsr_model.pipeline.upscale_tensor(
-            pixels, scale=scale, steps=steps, schedule=schedule, tile_size=_automatic(tile_size),
-            tile_overlap=_automatic(tile_overlap), color_fix=color_fix, seed=_automatic(seed),
-            progress=_ProgressBar(), cancel=_stop_if_interrupted)
+        return flowsr_model.pipeline.upscale_tensor(pixels, **options, progress=_ProgressBar(),
+                                                    cancel=_stop_if_interrupted)
 
     try:
         output = attempt()
@@ -199,9 +199,9 @@ def upscale(flowsr_model: LoadedFlowSR, image, scale: float, tile_size: int, til
     return output.movedim(1, -1).float().cpu().contiguous()
 
 
-def _automatic(value: int) -> Optional[int]:
-    """ComfyUI's INT widgets cannot hold None: -1 stands for 'let flowsr choose'."""
-    return None if value is None or value < 0 else value
+def from_widgets(**values) -> dict:
+    """Widget values as flowsr takes them: ComfyUI's INT widgets cannot hold None, so -1 stands for automatic."""
+    return {name: UPSCALE_OPTIONS[name].from_host(value) for name, value in values.items()}
 
 
 def _working_memory(flowsr_model: LoadedFlowSR) -> int:

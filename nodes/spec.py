@@ -4,21 +4,16 @@ Inputs are listed in the order ComfyUI shows them (and stores widget values in w
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 from .. import flowsr
-from ..flowsr.color import COLOR_FIXES
-from ..flowsr.flow import SCHEDULES
-from ..flowsr.pipeline import MAX_SCALE, MIN_SCALE
+from ..flowsr import options as flowsr_options
 from . import host
 
 CATEGORY = "image/upscaling"
 #: The socket type between the loader and the upscalers.
 MODEL_TYPE = "FLOWSR_MODEL"
-#: The largest seed ComfyUI's widgets hold (and torch.Generator takes).
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
-
 
 @dataclass(frozen=True)
 class Param:
@@ -56,35 +51,26 @@ def _choices(*values: str) -> Callable[[], list[str]]:
 
 MODEL_INPUT = Param("flowsr_model", MODEL_TYPE, "The model from 'Load FlowSR Model'.")
 IMAGE_INPUT = Param("image", "IMAGE", "The images to upscale: an RGB batch of one size.")
-SCALE = Param("scale", "FLOAT", "How many times larger the output is, on each side.",
-              default=4.0, min=MIN_SCALE, max=MAX_SCALE, step=0.05)
-TILE_SIZE = Param(
-    "tile_size", "INT",
-    "Tile side in latent pixels (x8 image pixels for SD 2.1, x4 for the built-in model); big images are "
-    "upscaled tile by tile so memory stays bounded. -1: chosen from free memory. 0: no tiling. "
-    "Smaller tiles need less memory; out of memory, tiles shrink by themselves.",
-    default=-1, min=-1, max=1024, step=1)
-TILE_OVERLAP = Param(
-    "tile_overlap", "INT",
-    "Latent pixels that neighbouring tiles share and blend, hiding seams. -1: the model's default.",
-    default=-1, min=-1, max=512, step=1)
-COLOR_FIX = Param(
-    "color_fix", "COMBO",
-    "Match colours to the input: wavelet keeps the output's detail and the input's colour (recommended), "
-    "adain matches each channel's mean and spread, none keeps the model's colours.",
-    default="wavelet", options=_choices(*COLOR_FIXES))
-SEED = Param(
-    "seed", "INT",
-    "-1: use the mean of the encoder's latent, the same output every run. 0 or more: sample the latent with "
-    "this seed, as the reference implementation does (slightly different grain per seed).",
-    default=-1, min=-1, max=MAX_SEED, step=1, control_after_generate=False)
-STEPS = Param("steps", "INT", "Flow steps: 1 is FlowSR's one-step result; more steps refine it, each as costly "
-              "as one step.", default=4, min=1, max=50, step=1)
-SCHEDULE = Param(
-    "schedule", "COMBO",
-    "Where the steps fall on the flow from the input (t=1) to the result (t=0): uniform is the paper's even "
-    "grid; sd3 is the shifted grid of the reference implementation, with more steps near the input.",
-    default="uniform", options=_choices(*SCHEDULES))
+
+
+def widget(option: flowsr_options.Option, step: float = 1) -> Param:
+    """An upscale option as a widget, from its one definition; INT widgets hold automatic as -1."""
+    if option.choices:
+        return Param(option.name, "COMBO", option.describe(), default=option.default,
+                     options=_choices(*option.choices))
+    return Param(option.name, "INT" if option.type is int else "FLOAT", option.describe(),
+                 default=option.to_host(option.default), min=option.lowest, max=option.maximum, step=step)
+
+
+SCALE = widget(flowsr_options.SCALE, step=0.05)
+TILE_SIZE = widget(flowsr_options.TILE_SIZE)
+TILE_OVERLAP = widget(flowsr_options.TILE_OVERLAP)
+COLOR_FIX = widget(flowsr_options.COLOR_FIX)
+#: No randomize/increment widget: -1 (the latent mean) is the reproducible default.
+SEED = replace(widget(flowsr_options.SEED), control_after_generate=False)
+#: The Refine node is there to take more than one step.
+STEPS = replace(widget(flowsr_options.STEPS), default=4)
+SCHEDULE = widget(flowsr_options.SCHEDULE)
 IMAGE_OUTPUT = Param("IMAGE", "IMAGE", "The upscaled images.")
 
 LOADER = NodeSpec(
@@ -106,7 +92,7 @@ LOADER = NodeSpec(
         Param("dtype", "COMBO",
               "Precision of the weights. auto follows ComfyUI's choice for the device (bf16 or fp16 on GPUs, "
               "fp32 on the CPU); fp32 is the most exact and takes twice the memory of fp16/bf16.",
-              default="auto", options=_choices(*host.DTYPES)),
+              default=flowsr_options.DTYPE.default, options=_choices(*flowsr_options.DTYPE.choices)),
     ),
     output=Param("flowsr_model", MODEL_TYPE, "The loaded FlowSR model."),
     run=host.load,

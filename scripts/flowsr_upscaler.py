@@ -5,6 +5,7 @@ super-resolution itself is ``flowsr.FlowSRPipeline``.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -20,9 +21,8 @@ if EXTENSION_ROOT not in sys.path:
 
 import flowsr  # noqa: E402
 from flowsr.checkpoint import FLOWSR_LORA, read_safetensors_header  # noqa: E402
-from flowsr.color import COLOR_FIXES  # noqa: E402
-from flowsr.flow import SCHEDULES  # noqa: E402
-from flowsr.pipeline import MAX_SCALE, MIN_SCALE  # noqa: E402
+from flowsr.options import (AUTOMATIC, COLOR_FIX, DTYPE, SCALE, SCHEDULE, STEPS, TILE_OVERLAP, TILE_SIZE,  # noqa: E402
+                            Option, check_option)
 from modules import devices, paths, shared  # noqa: E402
 from modules.upscaler import Upscaler, UpscalerData  # noqa: E402
 
@@ -45,44 +45,115 @@ class Setting(NamedTuple):  # not a dataclass: A1111 loads scripts without regis
     component: str  # a gradio component class name
     component_args: Optional[dict] = None
     info: str = ""
+    option: Optional[Option] = None  # the flowsr option the setting holds, checked when set and when read
+
+
+def option_setting(option: Option, label: str, info: str = "") -> Setting:
+    """A flowsr option as a setting, from its one definition: radio buttons, or a slider holding automatic as -1."""
+    info = info or option.describe()
+    if option.choices:
+        return Setting(option.default, label, "Radio", {"choices": list(option.choices)}, info, option)
+    return Setting(option.to_host(option.default), label, "Slider",
+                   {"minimum": option.lowest, "maximum": option.maximum, "step": 1}, info, option)
 
 
 SETTINGS = {
-    "flowsr_tile_size": Setting(0, "FlowSR tile size (latent pixels; 8 image pixels each with SD)", "Slider",
-                                {"minimum": 0, "maximum": 256, "step": 16}, "0 = automatic, from free memory"),
-    "flowsr_tile_overlap": Setting(16, "FlowSR tile overlap (latent pixels)", "Slider",
-                                   {"minimum": 0, "maximum": 64, "step": 4},
-                                   "used with a fixed tile size, at most half of it"),
-    "flowsr_color_fix": Setting("wavelet", "FlowSR colour fix", "Radio", {"choices": list(COLOR_FIXES)},
-                                "wavelet keeps the input's colours and the output's detail"),
-    "flowsr_steps": Setting(1, "FlowSR steps", "Slider", {"minimum": 1, "maximum": 8, "step": 1},
-                            "1 = the distilled one-step model; more steps refine"),
-    "flowsr_schedule": Setting("uniform", "FlowSR schedule for more than one step", "Radio",
-                               {"choices": list(SCHEDULES)}),
-    "flowsr_dtype": Setting("auto", "FlowSR precision", "Radio", {"choices": ["auto", "fp32", "fp16", "bf16"]},
-                            "auto = bf16 on CUDA where supported; always fp32 on the CPU and fp32 with --no-half"),
+    "flowsr_tile_size": option_setting(TILE_SIZE, "FlowSR tile size (latent pixels)"),
+    "flowsr_tile_overlap": option_setting(TILE_OVERLAP, "FlowSR tile overlap (latent pixels)",
+                                          TILE_OVERLAP.describe() + " Kept to at most half of a fixed tile."),
+    "flowsr_color_fix": option_setting(COLOR_FIX, "FlowSR colour fix"),
+    "flowsr_steps": option_setting(STEPS, "FlowSR steps"),
+    "flowsr_schedule": option_setting(SCHEDULE, "FlowSR schedule for more than one step"),
+    "flowsr_dtype": option_setting(DTYPE, "FlowSR precision", "auto = bf16 on CUDA where supported; always fp32 on "
+                                                              "the CPU and fp32 with --no-half"),
     "flowsr_base_model": Setting("", "SD 2.1-base model for FlowSR", "Textbox", None,
                                  f"a file in models/Stable-diffusion or a full path; empty = find {BASE_MODEL_FILE}"),
     "flowsr_keep_loaded": Setting(True, "Keep the FlowSR model in RAM between uses", "Checkbox"),
 }
+#: A hidden setting marking settings saved since tile size 0 means "no tiling" (before, 0 was automatic).
+SETTINGS_VERSION_KEY, SETTINGS_VERSION = "flowsr_settings_version", 2
 
 
 def setting(key: str) -> Any:
-    """A setting's value, or its default where the host's options lack it (a host that dropped the option)."""
-    return getattr(shared.opts, key, SETTINGS[key].default)
+    """A setting's value as flowsr takes it, or its default where the host's options lack it.
+
+    A value flowsr cannot take raises a BadInputError naming the setting: A1111 refuses it when it is set (see
+    :func:`register_settings`), and this catches what comes another way (``override_settings`` of an API request,
+    a hand-edited config.json) before any work.
+    """
+    spec = SETTINGS[key]
+    value = getattr(shared.opts, key, spec.default)
+    if spec.option is None:
+        return value
+    value = spec.option.from_host(value)
+    check_option(spec.option, value, f"Settings > Upscaling > '{spec.label}' ({key})")
+    return value
 
 
 def register_settings() -> None:
     """Add the settings when the script loads, not in an on_ui_settings callback: that one never runs with
-    --nowebui, and then /sdapi/v1/options could not set them."""
+    --nowebui, and then /sdapi/v1/options could not set them.
+
+    A1111's ``Options.set`` (web UI, POST /sdapi/v1/options) calls an option's ``onchange`` once the new value is
+    in; when it raises, A1111 prints the message, puts the old value back and reports the setting unchanged.
+    """
     import gradio as gr
 
+    saved_by_version_1 = "flowsr_tile_size" in shared.opts.data and SETTINGS_VERSION_KEY not in shared.opts.data
     options = {}
     for key, spec in SETTINGS.items():
-        info = shared.OptionInfo(spec.default, spec.label, getattr(gr, spec.component), spec.component_args)
+        refuse_bad_value = functools.partial(setting, key) if spec.option else None
+        info = shared.OptionInfo(spec.default, spec.label, getattr(gr, spec.component), spec.component_args,
+                                 onchange=refuse_bad_value)
         options[key] = info.info(spec.info) if spec.info else info
     for key, info in shared.options_section(SETTINGS_SECTION, options).items():
         shared.opts.add_option(key, info)
+    shared.opts.add_option(SETTINGS_VERSION_KEY, shared.OptionInfo(SETTINGS_VERSION, section=(None, "Hidden options")))
+    if saved_by_version_1:
+        migrate_version_1_settings()
+    reset_unusable_saved_settings()
+    list_in_api_options()
+
+
+def migrate_version_1_settings() -> None:
+    """Tile size 0 was automatic, and the overlap then unused: keep those settings doing what they did."""
+    if shared.opts.data.get("flowsr_tile_size") == 0:
+        shared.opts.data.update(flowsr_tile_size=AUTOMATIC, flowsr_tile_overlap=AUTOMATIC)
+        print("FlowSR: the saved tile size 0 (automatic in earlier versions) is now -1, automatic; 0 turns tiling "
+              "off", file=shared.progress_print_out, flush=True)
+
+
+def reset_unusable_saved_settings() -> None:
+    """A saved value flowsr cannot take would fail every upscale, and a wrongly typed one GET /sdapi/v1/options."""
+    for key, spec in SETTINGS.items():
+        try:
+            setting(key)
+        except flowsr.BadInputError as error:
+            shared.opts.data[key] = spec.default
+            print(f"FlowSR: {error}; using the default, {spec.default}", file=shared.progress_print_out, flush=True)
+
+
+def list_in_api_options() -> None:
+    """Make GET /sdapi/v1/options list the settings in Forge too.
+
+    Its answer goes through the pydantic model that ``modules/api/models.py`` builds, on first import, from the
+    options registered so far; keys the model lacks are dropped. A1111 imports it after loading every script.
+    Forge's built-in ControlNet (extensions-builtin/sd_forge_controlnet/scripts/controlnet.py imports
+    modules.api.api) loads before this extension and imports it first. The route reads ``models.OptionsModel``
+    when the API starts, after the scripts: replace it by one with these settings added, typed as that module
+    types every option.
+    """
+    models = sys.modules.get("modules.api.models")
+    if models is None:
+        return
+    import pydantic
+
+    fields = {}
+    for key in [*SETTINGS, SETTINGS_VERSION_KEY]:
+        info = shared.opts.data_labels[key]
+        kind = shared.opts.typemap.get(type(info.default), type(info.default)) if info.default else Any
+        fields[key] = (Optional[kind], pydantic.Field(default=info.default, description=info.label))
+    models.OptionsModel = pydantic.create_model("Options", __base__=models.OptionsModel, **fields)
 
 
 def device_and_dtype():
@@ -92,6 +163,18 @@ def device_and_dtype():
     if device.type == "cpu" or (dtype == "auto" and shared.cmd_opts.no_half):
         dtype = "fp32"
     return device, dtype
+
+
+def upscale_options(scale: float) -> dict:
+    """The settings as the pipeline's options, checked before any model loads. FlowSR's scale range clamps the
+    web UI's (which resizes to its target afterwards); the overlap is kept to half a fixed tile, since the two
+    settings are set one at a time."""
+    tile_size, overlap = setting("flowsr_tile_size"), setting("flowsr_tile_overlap")
+    if tile_size and overlap is not None:
+        overlap = min(overlap, tile_size // 2)
+    return dict(scale=min(max(float(scale), SCALE.minimum), SCALE.maximum), steps=setting("flowsr_steps"),
+                schedule=setting("flowsr_schedule"), tile_size=tile_size, tile_overlap=overlap,
+                color_fix=setting("flowsr_color_fix"))
 
 
 def free_host_memory() -> None:
@@ -224,20 +307,19 @@ class UpscalerFlowSR(Upscaler):
             # scale, or after an interrupt): a second diffusion pass would upscale the upscaled image.
             return img
         self.pass_done = True
+        options = upscale_options(self.scale)
         pipeline = self.load(*self.resolve(selected_model))
         try:
-            return self.run(pipeline, img)
+            return self.run(pipeline, img, options)
         except flowsr.Cancelled:
             print("FlowSR: interrupted; the image is only resized", file=shared.progress_print_out, flush=True)
             return img
         finally:
             self.release()
 
-    def run(self, pipeline: flowsr.FlowSRPipeline, img):
+    def run(self, pipeline: flowsr.FlowSRPipeline, img, options: dict):
         from tqdm import tqdm
 
-        tile_size = int(setting("flowsr_tile_size")) or None
-        overlap = min(int(setting("flowsr_tile_overlap")), tile_size // 2) if tile_size else None
         show_bar = getattr(shared.opts, "enable_upscale_progressbar", True)
         with tqdm(desc="FlowSR", unit="call", disable=not show_bar) as bar:
             def progress(done: int, total: int) -> None:
@@ -245,10 +327,7 @@ class UpscalerFlowSR(Upscaler):
                 bar.total = total
                 bar.update(done - bar.n)
 
-            return pipeline.upscale(
-                img, scale=min(max(float(self.scale), MIN_SCALE), MAX_SCALE), steps=int(setting("flowsr_steps")),
-                schedule=setting("flowsr_schedule"), tile_size=tile_size, tile_overlap=overlap,
-                color_fix=setting("flowsr_color_fix"), progress=progress, cancel=interrupted)
+            return pipeline.upscale(img, **options, progress=progress, cancel=interrupted)
 
 
 register_settings()

@@ -7,10 +7,12 @@ models folder; nothing leaks into other test folders.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Optional
 
 import pytest
 import torch
@@ -50,13 +52,16 @@ def _forget_host_modules() -> None:
 
 @pytest.fixture
 def start_a1111(tmp_path, monkeypatch):
-    """``start_a1111(*argv)``: an A1111 started with ``argv``, the extension loaded and the upscalers listed."""
+    """``start_a1111(*argv, saved=None, forge=False)``: an A1111 started with ``argv``, the extension loaded and the
+    upscalers listed. ``saved``: settings config.json held (A1111 loads it before the scripts). ``forge``: load
+    the scripts as Forge does, its built-in ControlNet first, which imports modules.api (and so builds the
+    options model of GET /sdapi/v1/options) before this extension's script runs."""
     models = tmp_path / "models"
     models.mkdir()
     monkeypatch.syspath_prepend(str(STANDINS))
     _forget_host_modules()
 
-    def start(*argv: str) -> SimpleNamespace:
+    def start(*argv: str, saved: Optional[dict] = None, forge: bool = False) -> SimpleNamespace:
         from modules import cmd_args, devices, modelloader, paths, paths_internal, shared
 
         for module in (paths_internal, paths, shared):
@@ -65,11 +70,15 @@ def start_a1111(tmp_path, monkeypatch):
         shared.cmd_opts = cmd_args.parser.parse_args(list(argv))
         gradio = SimpleNamespace(**{name: type(name, (), {}) for name in GRADIO_COMPONENTS})
         monkeypatch.setitem(sys.modules, "gradio", gradio)  # A1111 always has it: modules.shared imports it
+        shared.opts.data.update(saved or {})
+        if forge:
+            importlib.import_module("modules.api.api")
         with monkeypatch.context() as during_load:  # A1111 puts the extension on sys.path while loading
             during_load.syspath_prepend(str(REPO))
             script = load_file(REPO / "scripts" / "flowsr_upscaler.py", "flowsr_upscaler.py")
         modelloader.load_upscalers()
-        return SimpleNamespace(shared=shared, devices=devices, script=script, models=models, gradio=gradio,
+        api = importlib.import_module("modules.api.api")  # webui.py's create_api(), after the scripts
+        return SimpleNamespace(api=api, shared=shared, devices=devices, script=script, models=models, gradio=gradio,
                                upscalers={u.name: u for u in shared.sd_upscalers})
 
     yield start

@@ -231,7 +231,7 @@ def test_settings_fall_back_to_their_defaults_where_the_host_lacks_them(start_a1
     a1111 = start_a1111("--use-cpu", "all")
     a1111.shared.opts = type(a1111.shared.opts)({})  # options of a host that never registered ours
     for key, spec in a1111.script.SETTINGS.items():
-        assert a1111.script.setting(key) == spec.default
+        assert a1111.script.setting(key) == (spec.option.from_host(spec.default) if spec.option else spec.default)
     upscaler = a1111.upscalers[BUILTIN_ENTRY]
     upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
     (run,) = record_passes
@@ -249,6 +249,98 @@ def test_changed_settings_reach_flowsr(start_a1111, builtin_small, record_passes
     upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
     (run,) = record_passes
     assert (run.steps, run.schedule, run.color_fix, run.tile_size, run.tile_overlap) == (2, "sd3", "none", 32, 16)
+
+
+def test_each_flowsr_setting_takes_exactly_what_its_option_takes(start_a1111, capsys):
+    """Sliders span the option's values (automatic as -1); radio buttons list its choices; anything else set
+    through the host's Options.set is refused."""
+    a1111 = start_a1111()
+    opts = a1111.shared.opts
+    for key, spec in a1111.script.SETTINGS.items():
+        if spec.option is None:
+            continue
+        args = spec.component_args
+        good = args.get("choices") or [args["minimum"], args["maximum"]]
+        bad = ["other"] if "choices" in args else [args["minimum"] - 1, args["maximum"] + 1, "4"]
+        for value in good:
+            opts.set(key, value)
+            assert getattr(opts, key) == value, (key, value)
+        for value in bad:
+            assert not opts.set(key, value) and getattr(opts, key) == good[-1], (key, value)
+            assert f"({key}) must be" in capsys.readouterr().err
+    assert a1111.script.SETTINGS["flowsr_tile_size"].component_args["minimum"] == -1, "-1 is automatic"
+    assert opts.set("flowsr_tile_size", 0) and a1111.script.setting("flowsr_tile_size") == 0, "0: no tiling"
+
+
+@pytest.mark.parametrize("value, message", [
+    (99, "must be between 1 and 50, got 99"), ("abc", "must be a whole number, got 'abc'"),
+    (2.5, "must be a whole number, got 2.5"),
+])
+def test_a_bad_value_posted_to_the_api_is_refused_naming_the_setting(start_a1111, capsys, value, message):
+    a1111 = start_a1111()
+    a1111.api.set_config({"flowsr_steps": value, "flowsr_schedule": "sd3"})
+    assert a1111.shared.opts.flowsr_steps == 1 and a1111.shared.opts.flowsr_schedule == "sd3"
+    err = capsys.readouterr().err
+    assert f"Settings > Upscaling > 'FlowSR steps' (flowsr_steps) {message}" in err
+    options = a1111.api.get_options()  # still answers every client
+    assert (options["flowsr_steps"], options["flowsr_schedule"]) == (1, "sd3")
+
+
+def test_without_the_check_a_wrongly_typed_value_breaks_get_options_for_everyone(start_a1111):
+    """Why the settings are checked when set: the host's GET /sdapi/v1/options validates its answer."""
+    import pydantic
+
+    a1111 = start_a1111()
+    a1111.shared.opts.data["flowsr_steps"] = "abc"
+    with pytest.raises(pydantic.ValidationError, match="flowsr_steps"):
+        a1111.api.get_options()
+
+
+@pytest.mark.parametrize("forge", [False, True])
+def test_get_options_lists_the_settings_in_a1111_and_forge(start_a1111, forge):
+    a1111 = start_a1111(forge=forge)
+    options = a1111.api.get_options()
+    assert {key: options[key] for key in a1111.script.SETTINGS} == {
+        key: spec.default for key, spec in a1111.script.SETTINGS.items()}
+    a1111.api.set_config({"flowsr_tile_size": 64.0})  # the web UI sends sliders as floats
+    assert a1111.api.get_options()["flowsr_tile_size"] == 64
+
+
+def test_a_value_set_without_the_check_stops_the_upscale_before_the_model_loads(start_a1111, builtin_small,
+                                                                                 monkeypatch):
+    """``override_settings`` of an API request are set with run_callbacks=False (modules/processing.py)."""
+    loads = []
+    monkeypatch.setattr(FlowSRPipeline, "from_pretrained", classmethod(lambda cls, *a, **kw: loads.append(a)))
+    a1111 = start_a1111("--use-cpu", "all")
+    a1111.shared.opts.set("flowsr_tile_overlap", 600, is_api=True, run_callbacks=False)
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    with pytest.raises(flowsr.BadInputError, match=r"'FlowSR tile overlap \(latent pixels\)' \(flowsr_tile_overlap\) "
+                                                   "must be between 0 and 512, got 600"):
+        upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
+    assert loads == []
+
+
+@pytest.mark.parametrize("saved, tile_size, overlap", [
+    ({"flowsr_tile_size": 0, "flowsr_tile_overlap": 16}, None, None),  # 0 was automatic; the overlap then unused
+    ({"flowsr_tile_size": 32, "flowsr_tile_overlap": 8}, 32, 8),
+    ({"flowsr_tile_size": 0, "flowsr_tile_overlap": 16, "flowsr_settings_version": 2}, 0, 16),  # 0: no tiling
+])
+def test_settings_saved_by_earlier_versions_keep_doing_what_they_did(start_a1111, builtin_small, record_passes,
+                                                                     saved, tile_size, overlap):
+    a1111 = start_a1111("--use-cpu", "all", saved=saved)
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
+    (run,) = record_passes
+    assert (run.tile_size, run.tile_overlap) == (tile_size, overlap)
+
+
+def test_an_unusable_saved_value_is_replaced_by_the_default_at_start(start_a1111, capsys):
+    a1111 = start_a1111(saved={"flowsr_steps": "abc", "flowsr_color_fix": "auto", "flowsr_settings_version": 2})
+    assert (a1111.shared.opts.flowsr_steps, a1111.shared.opts.flowsr_color_fix) == (1, "wavelet")
+    out = capsys.readouterr().out
+    assert "(flowsr_steps) must be a whole number, got 'abc'; using the default, 1" in out
+    assert "(flowsr_color_fix) must be one of wavelet, adain, none, got 'auto'" in out
+    assert a1111.api.get_options()["flowsr_steps"] == 1
 
 
 # ------------------------------------------------------------------------- device, precision, memory

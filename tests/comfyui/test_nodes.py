@@ -85,7 +85,7 @@ def test_auto_dtype_follows_comfyui_and_the_model_is_managed_by_it(run, tiny_mod
 
     model = run("FlowSRLoader", flowsr_weights=tiny_model_file.name, base_model="none", dtype="auto")
     assert model.pipeline.model.dtype == torch.float32  # ComfyUI says: no half precision on the CPU
-    assert isinstance(model.patcher.model, pack.nodes.host.FlowSRModule)
+    assert isinstance(model.patcher.model, pack.nodes.host.FlowSRForModelPatcher)
     assert model.patcher.model.flowsr is model.pipeline.model
     run("FlowSRUpscale", flowsr_model=model, image=make_image(height=16, width=16), **UPSCALE_DEFAULTS)
     call = mm.load_calls[-1]
@@ -211,6 +211,34 @@ def test_a_list_of_same_size_images_is_one_batch(run, model, make_image):
 def test_options_it_cannot_take_get_a_clear_error(run, model, make_image, options, message, flowsr):
     with pytest.raises(flowsr.BadInputError, match=message):
         run("FlowSRUpscale", flowsr_model=model, image=make_image(), **{**UPSCALE_DEFAULTS, **options})
+
+
+def test_a_wrong_value_is_refused_before_comfyui_loads_the_model(run, model, make_image, flowsr):
+    import comfy.model_management as mm
+
+    calls_before = len(mm.load_calls)
+    with pytest.raises(flowsr.BadInputError, match="tile overlap must be between 0 and 512, got -5"):
+        run("FlowSRUpscale", flowsr_model=model, image=make_image(), **{**UPSCALE_DEFAULTS, "tile_overlap": -5})
+    with pytest.raises(flowsr.BadInputError, match="steps must be between 1 and 50, got 51"):
+        run("FlowSRRefine", flowsr_model=model, image=make_image(), steps=51, schedule="uniform", **UPSCALE_DEFAULTS)
+    assert len(mm.load_calls) == calls_before
+
+
+def test_every_number_widget_spans_exactly_what_flowsr_takes(nodes_by_id, pack):
+    """Widget limits come from flowsr/options.py: ComfyUI refuses what is outside them before the node runs,
+    and the node's own check takes everything inside (-1 meaning automatic)."""
+    from_widgets = pack.nodes.host.from_widgets
+    check = pack.flowsr.options.check_upscale_options
+    for node_id in ("FlowSRUpscale", "FlowSRRefine"):
+        for name, (kind, spec) in nodes_by_id[node_id].INPUT_TYPES()["required"].items():
+            if kind not in ("INT", "FLOAT"):
+                continue
+            check(from_widgets(**{name: spec["min"]}))
+            check(from_widgets(**{name: spec["max"]}))
+            check(from_widgets(**{name: spec["default"]}))
+            for outside in (spec["min"] - 1, spec["max"] + 1):
+                with pytest.raises(pack.flowsr.BadInputError, match=name.replace("_", " ")):
+                    check(from_widgets(**{name: outside}))
 
 
 def test_upscale_needs_the_loaders_output(run, make_image, flowsr):

@@ -243,7 +243,7 @@ def check_interrupt(report: Report, server: Server, upscaler: str) -> None:
         (report.out / "interrupted_x4.png").write_bytes(answer["image"])
         report.check("interrupt: A1111's resize to the target size", png_size(answer["image"]) == (512, 512),
                      png_size(answer["image"]))
-    server.call("POST", "/sdapi/v1/options", {"flowsr_tile_size": 0})
+    server.call("POST", "/sdapi/v1/options", {"flowsr_tile_size": -1})  # automatic again
     status, reply, seconds = server.upscale(test_picture(32, 32), 2, upscaler)
     report.check("after the interrupt the next request works", status == 200 and png_size(reply) == (64, 64),
                  f"{seconds:.1f} s" if status == 200 else reply)

@@ -3,8 +3,13 @@
 Checked: ``OptionInfo(default, label, component, component_args, onchange, section, refresh, comment_before,
 comment_after, infotext, restrict_api, category_id)`` and ``.info()``; ``options_section`` takes a 2- or
 3-tuple (the third item is the category); ``Options.__getattr__`` returns the saved value, else the
-registered default, else raises AttributeError; ``add_option(key, info)`` registers and sets the default.
+registered default, else raises AttributeError; ``add_option(key, info)`` registers and sets the default;
+``typemap``; ``set(key, value, is_api, run_callbacks)`` as the real one (the freeze and restricted checks of
+``__setattr__`` left out: this stand-in has no such flags): unchanged -> False; set the value, then call
+``info.onchange()``; if that raises, ``errors.display(e, "changing setting KEY to VALUE")``, the old value back,
+False. The web UI's Apply, its quicksettings and POST /sdapi/v1/options all go through ``set``.
 """
+from modules import errors
 
 
 class OptionInfo:
@@ -39,6 +44,8 @@ def options_section(section_identifier, options_dict):
 
 
 class Options:
+    typemap = {int: float}
+
     def __init__(self, data_labels):
         object.__setattr__(self, "data_labels", data_labels)
         object.__setattr__(self, "data", {k: v.default for k, v in data_labels.items()})
@@ -60,3 +67,22 @@ class Options:
         self.data_labels[key] = info
         if key not in self.data and not info.do_not_save:
             self.data[key] = info.default
+
+    def set(self, key, value, is_api=False, run_callbacks=True):
+        oldval = self.data.get(key, None)
+        if oldval == value:
+            return False
+        option = self.data_labels[key]
+        if option.do_not_save:
+            return False
+        if is_api and option.restrict_api:
+            return False
+        setattr(self, key, value)
+        if run_callbacks and option.onchange is not None:
+            try:
+                option.onchange()
+            except Exception as e:
+                errors.display(e, f"changing setting {key} to {value}")
+                setattr(self, key, oldval)
+                return False
+        return True
