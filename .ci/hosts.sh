@@ -1,28 +1,70 @@
-# Builds the two real hosts from their source snapshots, as ../shared/hosts/README.md sets them up.
-# Sourced by .ci/run; by hand: `source .ci/hosts.sh; build_comfyui SNAPSHOT DIR; build_a1111 SNAPSHOT DIR`.
-# Each leaves DIR/<host folder> and DIR/venv (a few minutes and a few GB each).
+# The two real hosts, built from their source snapshots as their setups that work on a CPU machine say, and
+# the browser that opens ComfyUI's page. Sourced by .ci/run; by hand, in bash:
+#   source .ci/hosts.sh; build_hosts SNAPSHOT_FOLDER WORK_FOLDER LOG_FOLDER
+# leaves WORK/comfyui/{ComfyUI,venv} and WORK/a1111/{stable-diffusion-webui,venv} (a few GB, several minutes).
 
-# The torch pair that imports together on the CPU (torchvision for torch 2.13.0 does not).
+COMFYUI_SNAPSHOT=comfyui-0.3.64.tar.gz  # Comfy-Org/ComfyUI a125cd84b054
+A1111_SNAPSHOT=a1111-1.10.1.tar.gz      # AUTOMATIC1111/stable-diffusion-webui v1.10.1
+# The torch pair that imports together on the CPU (torchvision for torch 2.13.0 does not). Installed once in
+# WORK/torch and seen by both hosts' venvs through a .pth file: it is most of each host's size and time.
 HOST_TORCH=(torch==2.14.1 torchvision==0.29.1)
+PIP_INSTALL=(pip install -q --no-compile)
 
-host_venv() {  # DIR: a venv with the torch pair, and a constraints file holding that pair at DIR/torch.txt
-    python3 -m venv "$1/venv"
+build_torch() {  # WORK: WORK/torch, and WORK/torch.txt holding the pair as pip constraints
+    python3 -m venv "$1/torch"
+    "$1/torch/bin/python" -m "${PIP_INSTALL[@]}" "${HOST_TORCH[@]}"
     printf '%s\n' "${HOST_TORCH[@]}" >"$1/torch.txt"
-    "$1/venv/bin/pip" install -q "${HOST_TORCH[@]}"
 }
 
-build_comfyui() {  # SNAPSHOT DIR: ComfyUI's requirements without its torch lines, plus requests
-    mkdir -p "$2" && tar xzf "$1" -C "$2"
-    host_venv "$2"
-    grep -vE '^(torch|torchvision|torchaudio)\s*$' "$2/ComfyUI/requirements.txt" >"$2/requirements.txt"
-    "$2/venv/bin/pip" install -q -c "$2/torch.txt" -r "$2/requirements.txt" requests
+host_venv() {  # WORK HOST: WORK/HOST/venv, which sees the packages of WORK/torch after its own
+    local venv=$1/$2/venv
+    python3 -m venv "$venv"
+    local own shared
+    own=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    shared=$("$1/torch/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    echo "$shared" >"$own/flowsr-ci-torch.pth"
 }
 
-build_a1111() {  # SNAPSHOT DIR: the pins of requirements_versions.txt (not torch, not setuptools), then CLIP
-    mkdir -p "$2" && tar xzf "$1" -C "$2"
-    host_venv "$2"
-    tr -d '\r' <"$2/stable-diffusion-webui/requirements_versions.txt" \
-        | grep -vE '^(torch|setuptools)([=<> ]|$)' >"$2/requirements.txt"
-    "$2/venv/bin/pip" install -q -c "$2/torch.txt" -r "$2/requirements.txt"
-    "$2/venv/bin/pip" install -q -c "$2/torch.txt" "setuptools>=77.0.3,<81" openai-clip==1.0.1
+build_comfyui() {  # SNAPSHOT WORK: ComfyUI's requirements without its torch lines, plus requests
+    mkdir -p "$2/comfyui" && tar xzf "$1" -C "$2/comfyui"
+    host_venv "$2" comfyui
+    grep -vE '^(torch|torchvision|torchaudio)\s*$' "$2/comfyui/ComfyUI/requirements.txt" >"$2/comfyui/requirements.txt"
+    "$2/comfyui/venv/bin/python" -m "${PIP_INSTALL[@]}" -c "$2/torch.txt" -r "$2/comfyui/requirements.txt" requests
+}
+
+build_a1111() {  # SNAPSHOT WORK: the pins of requirements_versions.txt (not torch, not setuptools), then CLIP
+    mkdir -p "$2/a1111" && tar xzf "$1" -C "$2/a1111"
+    host_venv "$2" a1111
+    tr -d '\r' <"$2/a1111/stable-diffusion-webui/requirements_versions.txt" \
+        | grep -vE '^(torch|setuptools)([=<> ]|$)' >"$2/a1111/requirements.txt"
+    local pip=("$2/a1111/venv/bin/python" -m "${PIP_INSTALL[@]}" -c "$2/torch.txt")
+    "${pip[@]}" -r "$2/a1111/requirements.txt"
+    "${pip[@]}" "setuptools>=77.0.3,<81" openai-clip==1.0.1
+}
+
+ensure_chromium() {  # Debian's Chromium, for playwright's executable_path (playwright's own download cannot work here)
+    command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+}
+
+build_hosts() {  # SNAPSHOTS WORK LOGS: both hosts (in parallel), Chromium, and in ComfyUI's venv the node
+                 # pack's requirements (as its README says) and playwright for the browser checks
+    local snapshots=$1 work=$2 logs=$3
+    ensure_chromium >"$logs/build-chromium.log" 2>&1 &
+    local chromium=$!
+    build_torch "$work" >"$logs/build-torch.log" 2>&1 || return 1
+    build_comfyui "$snapshots/$COMFYUI_SNAPSHOT" "$work" >"$logs/build-comfyui.log" 2>&1 &
+    local comfyui=$!
+    build_a1111 "$snapshots/$A1111_SNAPSHOT" "$work" >"$logs/build-a1111.log" 2>&1 || return 1
+    wait "$comfyui" || return 1
+    wait "$chromium" || return 1
+    "$work/comfyui/venv/bin/python" -m "${PIP_INSTALL[@]}" -c "$work/torch.txt" -r requirements.txt playwright \
+        >>"$logs/build-comfyui.log" 2>&1
+}
+
+stop_processes_under() {  # DIR: TERM, then KILL, every process whose command line names DIR
+    local pids
+    pids=$(grep -lsaF -- "$1" /proc/[0-9]*/cmdline | cut -d/ -f3 | grep -vx "$$") || return 0
+    kill $pids 2>/dev/null || true
+    sleep 3
+    kill -KILL $pids 2>/dev/null || true
 }
