@@ -5,24 +5,16 @@
 
 COMFYUI_SNAPSHOT=comfyui-0.3.64.tar.gz  # Comfy-Org/ComfyUI a125cd84b054
 A1111_SNAPSHOT=a1111-1.10.1.tar.gz      # AUTOMATIC1111/stable-diffusion-webui v1.10.1
-# The torch pair that imports together on the CPU (torchvision for torch 2.13.0 does not). Installed once in
-# WORK/torch and seen by both hosts' venvs through a .pth file: it is most of each host's size and time.
+# The torch pair that imports together on the CPU (torchvision for torch 2.13.0 does not). Each host gets its
+# own copy: a copy shared through a .pth file let A1111 see two numpy versions, and the extension's install.py
+# (which pins every installed distribution) could then install nothing.
 HOST_TORCH=(torch==2.14.1 torchvision==0.29.1)
 PIP_INSTALL=(pip install -q --no-compile)
 
-build_torch() {  # WORK: WORK/torch, and WORK/torch.txt holding the pair as pip constraints
-    python3 -m venv "$1/torch"
-    "$1/torch/bin/python" -m "${PIP_INSTALL[@]}" "${HOST_TORCH[@]}"
+host_venv() {  # WORK HOST: WORK/HOST/venv with the torch pair, and WORK/torch.txt holding it as pip constraints
     printf '%s\n' "${HOST_TORCH[@]}" >"$1/torch.txt"
-}
-
-host_venv() {  # WORK HOST: WORK/HOST/venv, which sees the packages of WORK/torch after its own
-    local venv=$1/$2/venv
-    python3 -m venv "$venv"
-    local own shared
-    own=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    shared=$("$1/torch/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    echo "$shared" >"$own/flowsr-ci-torch.pth"
+    python3 -m venv "$1/$2/venv"
+    "$1/$2/venv/bin/python" -m "${PIP_INSTALL[@]}" "${HOST_TORCH[@]}"
 }
 
 build_comfyui() {  # SNAPSHOT WORK: ComfyUI's requirements without its torch lines, plus requests
@@ -51,7 +43,6 @@ build_hosts() {  # SNAPSHOTS WORK LOGS: both hosts (in parallel), Chromium, and 
     local snapshots=$1 work=$2 logs=$3
     ensure_chromium >"$logs/build-chromium.log" 2>&1 &
     local chromium=$!
-    build_torch "$work" >"$logs/build-torch.log" 2>&1 || return 1
     build_comfyui "$snapshots/$COMFYUI_SNAPSHOT" "$work" >"$logs/build-comfyui.log" 2>&1 &
     local comfyui=$!
     build_a1111 "$snapshots/$A1111_SNAPSHOT" "$work" >"$logs/build-a1111.log" 2>&1 || return 1

@@ -27,6 +27,8 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-
 VIEWPORT = {"width": 1600, "height": 1000}
 #: A node may be this many pixels taller than its widgets need before the spare room shows as a band.
 BAND_TOLERANCE = 8
+#: How long ComfyUI may take to open its template browser by itself after the page loads (first start only).
+FIRST_START_DIALOG_MS = 10000
 #: Widget kinds that fill the room a node has (text areas, image previews): such nodes may be any height.
 FILLING_WIDGETS = {"customtext", "custom", "markdown"}
 
@@ -60,7 +62,10 @@ class ComfyPage:
     """ComfyUI's page in headless Chromium, with the few moves a person makes on it."""
 
     def __init__(self, page, url: str, screenshots: Path):
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
         self.page, self.url, self.screenshots = page, url, screenshots
+        self.timeout_error = PlaywrightTimeout
         self.shots: list[str] = []
 
     def open(self, timeout: float) -> None:
@@ -76,7 +81,9 @@ class ComfyPage:
     def open_pack_templates(self, pack: str) -> Any:
         """The template browser on the pack's category (on a first start ComfyUI opens the browser itself)."""
         category = self.page.get_by_role("option", name=pack, exact=True)
-        if not category.count():
+        try:
+            category.wait_for(timeout=FIRST_START_DIALOG_MS)
+        except self.timeout_error:
             self.page.locator(".side-bar-button").filter(has_text="Templates").first.click()
         category.click()
         cards = self.page.locator("[data-testid^='template-workflow-']")
@@ -120,7 +127,7 @@ class ComfyPage:
             self.page.wait_for_function(
                 "([id, name, value]) => app.graph.getNodeById(id).widgets.find(w => w.name === name).value === value",
                 arg=[node_id, widget_name, value], timeout=timeout * 1000)
-        except Exception:  # playwright's TimeoutError: the widget never showed the value
+        except self.timeout_error:  # the widget never showed the value
             return False
         return True
 
@@ -130,7 +137,7 @@ class ComfyPage:
     def wait_shown_image(self, node_id: int, timeout: float) -> Optional[list]:
         try:
             handle = self.page.wait_for_function(SHOWN_IMAGE, arg=node_id, timeout=timeout * 1000)
-        except Exception:  # playwright's TimeoutError: reported as no image
+        except self.timeout_error:  # reported as no image
             return None
         return handle.json_value()
 
