@@ -9,6 +9,7 @@ import functools
 import importlib
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -316,16 +317,43 @@ class UpscalerFlowSR(Upscaler):
             self.release()
 
     def run(self, pipeline: flowsr.FlowSRPipeline, img, options: dict):
-        from tqdm import tqdm
-
-        show_bar = getattr(shared.opts, "enable_upscale_progressbar", True)
-        with tqdm(desc="FlowSR", unit="call", disable=not show_bar) as bar:
-            def progress(done: int, total: int) -> None:
-                shared.state.sampling_steps, shared.state.sampling_step = total, done
-                bar.total = total
-                bar.update(done - bar.n)
-
+        progress = ConsoleProgress(getattr(shared.opts, "enable_upscale_progressbar", True))
+        try:
             return pipeline.upscale(img, **options, progress=progress, cancel=interrupted)
+        finally:
+            progress.close()
+
+
+class ConsoleProgress:
+    """A1111's progress (``shared.state``, which the web UI and the API poll) and one console line per upscale.
+
+    The bar starts at the first network call, once the total is known (a bar without a total prints a
+    "0call" frame of its own), and only its closing frame shows the end (tqdm redraws when it closes, so
+    drawing the last call too would print 100% twice).
+    """
+
+    def __init__(self, console: bool):
+        self.console = console
+        self.bar = None
+        self.started = time.time()
+
+    def __call__(self, done: int, total: int) -> None:
+        shared.state.sampling_steps, shared.state.sampling_step = total, done
+        if not self.console:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="FlowSR", unit="call", total=total)
+            self.bar.start_t = self.started  # the rate counts the first call too
+        if done < total:
+            self.bar.update(done - self.bar.n)
+        else:
+            self.bar.n = done  # drawn by close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 register_settings()

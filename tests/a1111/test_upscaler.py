@@ -95,6 +95,22 @@ def test_beyond_flowsr_largest_scale_still_one_pass(start_a1111, builtin_small, 
     assert result.size == (96, 96)
 
 
+@pytest.mark.parametrize("tile_size", [0, 16])
+def test_console_shows_one_progress_line_per_upscale(start_a1111, builtin_small, capsys, tile_size):
+    a1111 = start_a1111("--use-cpu", "all")
+    a1111.shared.opts.flowsr_tile_size = tile_size  # 0: 3 network calls; 16: many
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    for _ in range(2):
+        upscaler.scaler.upscale(picture(40, 40), 4, upscaler.data_path)
+    console = capsys.readouterr().err
+    lines = [line for line in console.split("\n") if "FlowSR" in line]
+    assert len(lines) == 2, console
+    for line in lines:
+        frames = line.split("\r")
+        assert all(re.search(r"\d+/\d+", frame) for frame in frames if frame), f"a frame without a total: {line!r}"
+        assert line.count("100%") == 1 and frames[-1].startswith("FlowSR: 100%"), line
+
+
 # ------------------------------------------------------------------------------------ interrupt
 
 

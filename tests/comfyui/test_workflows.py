@@ -67,9 +67,9 @@ def test_the_real_host_driver_knows_what_size_each_workflow_saves(repo_root_modu
     driver = repo_root_module_loader("tests/host/comfyui_driver.py")
     saved = {path.stem: driver.expected_sizes(json.loads((WORKFLOWS / "api" / path.name).read_text()), (100, 80))
              for path in UI_FILES}
-    assert saved["flowsr_upscale"]["4"] == (400, 320)
-    assert saved["flowsr_large_image_tiled"]["4"] == (200, 160)
-    assert saved["flowsr_one_step_vs_refine"]["6"] == (400, 2 * 320 + 8)  # side by side, 8 px apart
+    assert saved["Upscale an image with FlowSR"]["4"] == (400, 320)
+    assert saved["Upscale a large image in tiles with FlowSR"]["4"] == (200, 160)
+    assert saved["Compare FlowSR one step with several Refine steps"]["6"] == (400, 2 * 320 + 8)  # 8 px apart
 
 
 def test_the_drivers_wrong_file_is_safetensors_without_flowsr_weights(repo_root_module_loader, tmp_path, pack):

@@ -15,8 +15,9 @@ A1111's launcher does (twice: the second run must change nothing), starts ``laun
 - ``POST /sdapi/v1/extra-single-image`` at scales 2, 4 and 3 returns A1111's target size, and the pixels are
   exactly those of ``python -m flowsr upscale`` at the same scale (one FlowSR pass, no second one), not a
   plain Lanczos resize;
-- ``POST /sdapi/v1/interrupt`` during a many-tile upscale stops it within a few tiles, A1111 answers with its
-  own resize, and the next request works again.
+- ``POST /sdapi/v1/interrupt`` during a many-tile upscale stops it at the network call under way, A1111
+  answers with its own resize, and the next request works again;
+- the console shows one progress line per upscale.
 
 Results go to ``--out`` (report.json, report.md, the server log, the images). Exit status 0 when all passed.
 """
@@ -26,6 +27,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,6 +87,7 @@ class Server:
     def __init__(self, a1111: Path, python: str, port: int, log: Path):
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
+        self.flowsr_upscales = 0  # answered upscales that ran FlowSR (each draws a console bar)
         command = [python, "launch.py", *SERVER_FLAGS, "--server-name", "127.0.0.1", "--port", str(port)]
         self.process = subprocess.Popen(command, cwd=a1111, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -123,10 +126,12 @@ class Server:
             "upscaler_1": upscaler})
         if status == 200:
             reply = base64.b64decode(reply["image"])
+            self.flowsr_upscales += upscaler.startswith("FlowSR")
         return status, reply, time.time() - started
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+        with self.log.open(errors="replace", newline="") as log:  # keeps the console's carriage returns
+            return log.read()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -206,11 +211,32 @@ def check_scales(report: Report, server: Server, python: str, upscaler: str, che
         report.check(f"x{scale} is not a plain Lanczos resize", png_pixels(python, reply) != png_pixels(python, lanczos))
 
 
+def progress_state(server: Server) -> dict:
+    return server.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)[1]["state"]
+
+
+def wait_for_first_calls(server: Server, worker: threading.Thread, last_job: str, timeout: float = 300) -> dict:
+    """A1111's job state once the upscale in ``worker`` has made its first network call."""
+    deadline = time.time() + timeout
+    state = progress_state(server)
+    while worker.is_alive() and time.time() < deadline:
+        if state["job_timestamp"] != last_job and state["sampling_step"] >= 1:  # this job's calls, not the last's
+            break
+        time.sleep(0.05)
+        state = progress_state(server)
+    return state
+
+
 def check_interrupt(report: Report, server: Server, upscaler: str) -> None:
-    """Small tiles make hundreds of network calls; interrupt after the third and time the answer."""
+    """Interrupt a many-tile upscale while it runs, and count the network calls made after the interrupt.
+
+    FlowSR looks for an interrupt before each call, so once POST /sdapi/v1/interrupt has answered, the call
+    under way is the last: where the job stopped must be the count read right after the interrupt, or one
+    more. Counts, not a clock: the tiny model makes about 1000 calls a second on a fast CPU.
+    """
     server.call("POST", "/sdapi/v1/options", {"flowsr_tile_size": 16})
     image = test_picture(128, 128)
-    last_job = server.call("GET", "/sdapi/v1/progress?skip_current_image=true")[1]["state"]["job_timestamp"]
+    last_job = progress_state(server)["job_timestamp"]
     time.sleep(1.1)  # job timestamps have whole seconds
     answer: dict = {}
 
@@ -219,26 +245,18 @@ def check_interrupt(report: Report, server: Server, upscaler: str) -> None:
 
     worker = threading.Thread(target=request)
     worker.start()
-    seen = {}
-    while worker.is_alive():
-        _, progress = server.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
-        seen = progress["state"]
-        if seen["job_timestamp"] != last_job and seen["sampling_step"] >= 3:  # this job's calls, not the last's
-            break
-        time.sleep(0.05)
-    interrupted_at = time.time()
+    before = wait_for_first_calls(server, worker, last_job)
     server.call("POST", "/sdapi/v1/interrupt")
+    at_interrupt = progress_state(server)
     worker.join()
-    after = time.time() - interrupted_at
-    _, final = server.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)
-    steps = f"interrupt at call {seen.get('sampling_step')}/{seen.get('sampling_steps')}, " \
-            f"stopped at {final['state']['sampling_step']}, answer {after:.1f} s after the interrupt"
+    stopped, total = progress_state(server)["sampling_step"], at_interrupt["sampling_steps"]
+    calls = f"call {before['sampling_step']} when interrupting, {at_interrupt['sampling_step']} when the " \
+            f"interrupt had answered, stopped at {stopped} of {total}"
     report.check("interrupt: the request still answers", answer.get("status") == 200, answer.get("image")
                  if answer.get("status") != 200 else "")
-    stopped, total = final["state"]["sampling_step"], seen.get("sampling_steps", 0)
-    report.check("interrupt: FlowSR stopped within a few network calls",
-                 0 < seen.get("sampling_step", 0) <= stopped <= seen["sampling_step"] + 3 < total
-                 and "FlowSR: interrupted" in server.log_text(), steps)
+    report.check("interrupt: FlowSR made no network call after the one under way",
+                 0 < at_interrupt["sampling_step"] <= stopped <= at_interrupt["sampling_step"] + 1 < total
+                 and "FlowSR: interrupted" in server.log_text(), calls)
     if answer.get("status") == 200:
         (report.out / "interrupted_x4.png").write_bytes(answer["image"])
         report.check("interrupt: A1111's resize to the target size", png_size(answer["image"]) == (512, 512),
@@ -247,6 +265,23 @@ def check_interrupt(report: Report, server: Server, upscaler: str) -> None:
     status, reply, seconds = server.upscale(test_picture(32, 32), 2, upscaler)
     report.check("after the interrupt the next request works", status == 200 and png_size(reply) == (64, 64),
                  f"{seconds:.1f} s" if status == 200 else reply)
+
+
+#: A frame of FlowSR's console bar that ends a line: the bar's last, drawn when it closes.
+CLOSING_FRAME = re.compile(r"FlowSR: +\d+%\|[^|\r\n]*\| *\d+/\d+ \[[^\]\r\n]*\]\n")
+
+
+def check_console(report: Report, server: Server) -> None:
+    """One progress line per FlowSR upscale in the console: no frame before the total is known, 100% once."""
+    log = server.log_text()
+    closing = CLOSING_FRAME.findall(log)
+    untotalled = re.findall(r"FlowSR: \d+call", log)
+    complete = server.flowsr_upscales - log.count("FlowSR: interrupted")
+    report.check("console: one progress line per upscale, without a frame that lacks the total, at 100% once",
+                 len(closing) == server.flowsr_upscales and not untotalled
+                 and log.count("FlowSR: 100%") == complete,
+                 f"{server.flowsr_upscales} upscales ({complete} to the end), {len(closing)} closed bars, "
+                 f"{log.count('FlowSR: 100%')} frames at 100%, {len(untotalled)} without a total")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -306,6 +341,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                          status != 200 and str(weights_folder) in json.dumps(reply), reply)
         check_scales(report, server, args.python, args.upscaler, args.checkpoint)
         check_interrupt(report, server, args.upscaler)
+        check_console(report, server)
     except Exception as error:  # a broken run is a failed check, with the log kept
         report.check("driver ran to the end", False, repr(error))
     finally:

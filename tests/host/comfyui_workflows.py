@@ -9,6 +9,8 @@ in input order; API-format prompts (``POST /prompt``) store inputs by name, link
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Optional
 
 #: The ComfyUI core nodes our workflows use, described as ``/object_info`` describes them (inputs in
@@ -225,3 +227,14 @@ def check_api_prompt(prompt: dict, object_info: dict) -> list[str]:
             else:
                 problems.append(f"{where}: {name!r} ({kind}) needs a link")
     return problems
+
+
+def node_types(path: Path) -> list[str]:
+    return [node["type"] for node in json.loads(path.read_text())["nodes"]]
+
+
+def simplest_workflow(workflows: list[Path]) -> Path:
+    """The workflow of fewest nodes that loads an image, upscales it and saves it. Every shipped workflow
+    runs with the built-in model (the driver runs them all in a ComfyUI without weights files)."""
+    suitable = [p for p in workflows if {"LoadImage", "FlowSRUpscale", "SaveImage"} <= set(node_types(p))]
+    return min(suitable, key=lambda path: len(node_types(path)))
