@@ -47,8 +47,6 @@ def build_pipeline(model: str, device: str, dtype: str):
         network = sd_tiny()
     elif model == "sd-stub":
         network = sd_stub()
-    elif model == "sd-stub":
-        network = SDShapedStub()
     else:
         return FlowSRPipeline.from_pretrained(device=device_, dtype=dtype_)
     return FlowSRPipeline(network.to(device_, dtype_))

@@ -17,18 +17,24 @@ WAVELET_LEVELS = 5
 #: How far (pixels) each fix reads beyond the pixel it sets: the wavelet's dilations 1 + 2 + ... + 16.
 MARGINS = {"wavelet": 2 ** WAVELET_LEVELS - 1, "adain": 0, "none": 0}
 
-_BLUR_KERNEL = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=torch.float32) / 16
-
 Statistics = tuple[torch.Tensor, torch.Tensor]
 """Per-channel (mean, standard deviation), each (B, 3, 1, 1)."""
 
 
 def wavelet_blur(image: torch.Tensor, dilation: int) -> torch.Tensor:
-    """One level of the a-trous wavelet: a 3x3 binomial blur with holes, replicate padding."""
-    channels = image.shape[1]
-    kernel = _BLUR_KERNEL.to(image).expand(channels, 1, 3, 3)
-    padded = F.pad(image, (dilation,) * 4, mode="replicate")
-    return F.conv2d(padded, kernel, groups=channels, dilation=dilation)
+    """One level of the a-trous wavelet: the 3x3 binomial blur ([1, 2, 1] / 4 on each axis) with holes,
+    replicate padding. The kernel is separable, so it runs as two passes of shifted adds: several times
+    quicker on a CPU than the equivalent depthwise dilated convolution."""
+    return _binomial_pass(_binomial_pass(image, dilation, -2), dilation, -1)
+
+
+def _binomial_pass(image: torch.Tensor, dilation: int, dim: int) -> torch.Tensor:
+    """``(x[i - d] + 2 x[i] + x[i + d]) / 4`` along ``dim`` (-2 rows, -1 columns), edges replicated."""
+    padding = (dilation, dilation, 0, 0) if dim == -1 else (0, 0, dilation, dilation)
+    padded = F.pad(image, padding, mode="replicate")
+    length = image.shape[dim]
+    before, centre, after = (padded.narrow(dim, start, length) for start in (0, dilation, 2 * dilation))
+    return (before + after).add_(centre, alpha=2).mul_(0.25)
 
 
 def wavelet_split(image: torch.Tensor, levels: int = WAVELET_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,9 +46,10 @@ def wavelet_split(image: torch.Tensor, levels: int = WAVELET_LEVELS) -> tuple[to
 
 
 def wavelet_color_fix(content: torch.Tensor, reference: torch.Tensor, levels: int = WAVELET_LEVELS) -> torch.Tensor:
-    high, _ = wavelet_split(content, levels)
-    _, low = wavelet_split(reference, levels)
-    return high + low
+    """The content's high frequencies plus the reference's low ones. The blur is linear, so this is
+    ``content + low(reference - content)``: one split instead of two."""
+    _, low = wavelet_split(reference - content, levels)
+    return content + low
 
 
 def channel_statistics(image: torch.Tensor, eps: float = 1e-5) -> Statistics:

@@ -1,7 +1,8 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from flowsr.color import MARGINS, adain_color_fix, apply_color_fix, channel_statistics, wavelet_split
+from flowsr.color import MARGINS, adain_color_fix, apply_color_fix, channel_statistics, wavelet_blur, wavelet_split
 
 
 def test_wavelet_split_is_exact_and_low_is_smooth():
@@ -53,3 +54,12 @@ def test_adain_takes_statistics_from_elsewhere_when_given():
     fixed = apply_color_fix(content, reference, "adain", statistics)
     expected = (content - statistics[0][0]) / statistics[0][1] * statistics[1][1] + statistics[1][0]
     assert torch.allclose(fixed, expected) and not torch.allclose(fixed, adain_color_fix(content, reference))
+
+
+@pytest.mark.parametrize("dilation", [1, 2, 16])
+def test_wavelet_blur_is_the_dilated_3x3_binomial_kernel_with_replicate_padding(dilation):
+    image = torch.rand(2, 3, 40, 37)
+    kernel = (torch.tensor([[1., 2., 1.], [2., 4., 2.], [1., 2., 1.]]) / 16).expand(3, 1, 3, 3)
+    padded = F.pad(image, (dilation,) * 4, mode="replicate")
+    expected = F.conv2d(padded, kernel, groups=3, dilation=dilation)
+    assert torch.allclose(wavelet_blur(image, dilation), expected, atol=1e-6)
