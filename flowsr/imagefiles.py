@@ -8,6 +8,7 @@ or the new one, never half of one.
 """
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 import warnings
@@ -98,6 +99,13 @@ def save_picture(image: Image.Image, path: Path, metadata: Optional[dict] = None
     keep = _METADATA_BY_FORMAT.get(image_format, ())
     options = {key: value for key, value in (metadata or {}).items() if key in keep}
     write_atomically(path, lambda file: image.save(file, format=image_format, **options))
+
+
+def remove_leftovers(path: Path) -> None:
+    """Delete the temporary files that writes of ``path`` left behind: a killed process (SIGKILL, power loss)
+    cannot clean up after itself. Only for a run that owns ``path`` (a resumed job), never beside a live writer."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*{TEMPORARY_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
 
 
 def write_atomically(path: Path, write) -> None:

@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import BadInputError, FlowSRError
-from .imagefiles import IMAGE_SUFFIXES, Picture, read_header, read_picture, save_picture
+from .imagefiles import IMAGE_SUFFIXES, Picture, read_header, read_picture, remove_leftovers, save_picture
 
 #: PIL modes whose pixels stack into one uint8 BHWC array for a shared batch; others go one at a time.
 BATCHABLE_MODES = {"RGB", "RGBA", "L", "LA"}
@@ -317,7 +317,11 @@ class Job:
         self.shard, self.options, self.connected = shard, options, connected
         self.all_tasks = list(tasks)
         self.already_done_everywhere = len(split_done(tasks, resume)[1])
-        todo, done_here = split_done(shard.take(tasks), resume)
+        mine = shard.take(tasks)
+        if resume:  # the same command again after a crash: this process owns its outputs' leftovers
+            for task in mine:
+                remove_leftovers(task.destination)
+        todo, done_here = split_done(mine, resume)
         self.report = Report(already_done=len(done_here))
         self.batches = sized_batches(todo, options["scale"], batch_size, self.report)
 

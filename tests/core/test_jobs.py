@@ -81,6 +81,20 @@ def test_resume_skips_finished_outputs_and_plain_runs_replace_them(tiny_checkpoi
     assert "3 written" in capsys.readouterr().out and Image.open(out / "img01.png").size == (32, 32)
 
 
+def test_resume_removes_what_a_killed_writer_left_of_its_outputs(tiny_checkpoint, tmp_path):
+    write_images(tmp_path / "in", [(8, 8)] * 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    leftover = out / f".img00.png.k1ll3d{TEMPORARY_SUFFIX}"
+    unrelated = out / f".other.png.x{TEMPORARY_SUFFIX}"
+    leftover.write_bytes(b"half a PNG")
+    unrelated.write_bytes(b"not ours")
+    command = ["upscale", str(tmp_path / "in"), "-o", str(out), "--checkpoint", str(tiny_checkpoint)]
+    assert main(command) == 0 and leftover.exists()  # a plain run may have a live writer beside it
+    assert main([*command, "--resume"]) == 0
+    assert not leftover.exists() and unrelated.exists()
+
+
 def test_an_interrupted_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "out.png"
     Image.new("RGB", (4, 4), "red").save(path)
