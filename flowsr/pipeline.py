@@ -238,10 +238,11 @@ class _Run:
     def _encoder_calibration(self, side: int) -> None:
         """The encoder on a small copy of each image (its GroupNorms record their statistics)."""
         small = fit_size(self.padded, side * self.model.latent_factor, self.model.latent_factor)
-        for image in self.lr:
-            resized = F.interpolate(image[None].to(self.model.device), size=small, mode="bilinear",
-                                    align_corners=False, antialias=True)
-            self.model.encode(resized * 2 - 1)
+        with self.model.autoencoder_in_fp32():  # statistics recorded from a half-precision overflow would be NaN
+            for image in self.lr:
+                resized = F.interpolate(image[None].to(self.model.device), size=small, mode="bilinear",
+                                        align_corners=False, antialias=True)
+                self.model.encode(resized * 2 - 1)
 
     def _statistics(self, plan: TilePlan, calibrate: Callable[[int], object]):
         """Every autoencoder tile of an image normalised alike (calibrated on a small copy of it, when tiled)."""
@@ -273,9 +274,10 @@ class _Run:
 
     def _small_decodes(self, side: int, latent: torch.Tensor) -> list[torch.Tensor]:
         """Each image's latent shrunk to one tile and decoded: the decoder's GroupNorm calibration, and the
-        content of adain's whole-image statistics."""
-        return [self.model.decode(downscale_to_fit(image[None], side).to(self.model.device)).float()
-                for image in latent]
+        content of adain's whole-image statistics. In fp32, like the encoder's calibration."""
+        with self.model.autoencoder_in_fp32():
+            return [self.model.decode(downscale_to_fit(image[None], side).to(self.model.device)).float()
+                    for image in latent]
 
 
 def _adain_statistics(lr: torch.Tensor, small_decodes: list[torch.Tensor]) -> list[tuple[Statistics, Statistics]]:

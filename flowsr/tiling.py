@@ -80,7 +80,8 @@ class Tiling:
         """
         automatic = size is None
         if automatic:
-            size = cls._automatic_size(free, output_pixels, latent_factor, bytes_per_pixel, default_size)
+            size = cls._automatic_size(free, output_pixels, latent_factor, bytes_per_pixel, default_size,
+                                       smallest=2 * overlap if overlap else MIN_TILE_SIZE)
         if batch is None:  # automatic with automatic tiles only: a tile size asked for means one tile per call
             call_pixels = output_pixels if size == 0 else (size * latent_factor) ** 2
             batch = _fitting(free / 4, call_pixels * bytes_per_pixel) if automatic and free is not None else 1
@@ -90,13 +91,16 @@ class Tiling:
 
     @staticmethod
     def _automatic_size(free: Optional[int], output_pixels: int, latent_factor: int, bytes_per_pixel: float,
-                        default_size: int) -> int:
+                        default_size: int, smallest: int) -> int:
+        """No tiles, or the largest side that fits; never below ``smallest`` (twice an overlap the caller set),
+        so that the same options work on every machine (an overlap no automatic side can take is refused)."""
         if free is None:
-            return default_size
+            return max(default_size, min(smallest, AUTO_TILE_SIDES[0]))
         if output_pixels * bytes_per_pixel < free / 2:
             return 0
-        fitting = (side for side in AUTO_TILE_SIDES if (side * latent_factor) ** 2 * bytes_per_pixel <= free / 8)
-        return next(fitting, MIN_TILE_SIZE)
+        sides = [side for side in AUTO_TILE_SIDES if side >= smallest] or [AUTO_TILE_SIDES[0]]
+        fitting = (side for side in sides if (side * latent_factor) ** 2 * bytes_per_pixel <= free / 8)
+        return next(fitting, sides[-1])
 
     def check(self, automatic: bool = False) -> None:
         """Refuse an overlap that would make tiles step by a sliver (and the work take thousands of calls)."""

@@ -114,3 +114,12 @@ def test_shared_group_norm_statistics_normalise_each_images_tiles_like_that_whol
     assert torch.allclose(shared, whole, atol=1e-4)
     assert (naive - whole).abs().max() > 0.1
     assert "forward" not in vars(net[1])  # restored afterwards
+
+
+def test_an_automatic_tile_is_large_enough_for_the_overlap_asked_for_whatever_the_free_memory():
+    common = dict(output_pixels=4096 ** 2, latent_factor=8, bytes_per_pixel=2600.0, default_size=96,
+                  default_overlap=32)
+    for free in (2 ** 28, 2 ** 31, 2 ** 34, None):
+        tiling = Tiling.choose(None, 40, None, free=free, **common)
+        assert tiling.overlap == 40 and tiling.size >= 80, (free, tiling)
+    assert Tiling.choose(None, None, None, free=2 ** 28, **common).size < 80  # no overlap asked: memory decides
