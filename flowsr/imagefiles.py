@@ -78,15 +78,26 @@ def read_picture(path: Path) -> Picture:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
-        ImageOps.exif_transpose(image, in_place=True)
-        metadata = {"icc_profile": image.info.get("icc_profile")}
-        exif = image.getexif()
-        exif.pop(_ORIENTATION_TAG, None)
-        metadata["exif"] = exif.tobytes() if len(exif) else None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data behind a good header
         image.close()
         raise BadInputError(f"cannot decode it ({error})") from None
+    except MemoryError:
+        image.close()
+        raise BadInputError("not enough memory to decode it; upscale it on its own or on a larger machine") from None
+    metadata = {"icc_profile": image.info.get("icc_profile"), "exif": _upright_exif(image)}
     return Picture(image, {key: value for key, value in metadata.items() if value})
+
+
+def _upright_exif(image: Image.Image) -> Optional[bytes]:
+    """Turn ``image`` upright and return its EXIF without the orientation; a damaged EXIF block (PIL raises
+    many kinds of errors for those) is dropped, as :func:`read_header` ignores it."""
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+        exif = image.getexif()
+        exif.pop(_ORIENTATION_TAG, None)
+        return exif.tobytes() if len(exif) else None
+    except Exception:
+        return None
 
 
 def save_picture(image: Image.Image, path: Path, metadata: Optional[dict] = None) -> None:

@@ -80,7 +80,7 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
     images: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            images += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            images += sorted(p for p in _folder_entries(path) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif path.is_file():
             images.append(path)
         else:
@@ -88,6 +88,13 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
     if not images:
         raise BadInputError(f"no images found in {', '.join(map(str, inputs))} (looked for {sorted(IMAGE_SUFFIXES)})")
     return images
+
+
+def _folder_entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as error:  # no permission to list it
+        raise BadInputError(f"cannot read the folder {folder}: {error.strerror or error}") from None
 
 
 def plan_tasks(images: Sequence[Path], output: Path) -> list[Task]:
@@ -212,13 +219,14 @@ class JobProgress:
     the whole job that appeared since it started (they are written atomically, so they are whole).
     """
 
-    def __init__(self, tasks: Sequence[Task], already_done: int, shard: Shard):
+    def __init__(self, tasks: Sequence[Task], already_done: int, shard: Shard, since_ns: int):
+        """``since_ns``: when ``already_done`` was counted; outputs written after it are this job's."""
         self.bar = tqdm(total=len(tasks), initial=already_done, unit="image", disable=not shard.is_main,
                         dynamic_ncols=True, smoothing=0.1)
         self._stop = threading.Event()
         self._watcher = None
         if shard.count > 1 and shard.is_main:
-            self._waiting, self._since_ns = list(tasks), time.time_ns()
+            self._waiting, self._since_ns = list(tasks), since_ns
             self._watcher = threading.Thread(target=self._watch, daemon=True)
             self._watcher.start()
 
@@ -316,6 +324,7 @@ class Job:
         """Reads every header of this process's share: images too large to decode fail here, before any work."""
         self.shard, self.options, self.connected = shard, options, connected
         self.all_tasks = list(tasks)
+        self.counted_ns = time.time_ns()  # before the count: a faster process's output is not missed
         self.already_done_everywhere = len(split_done(tasks, resume)[1])
         mine = shard.take(tasks)
         if resume:  # the same command again after a crash: this process owns its outputs' leftovers
@@ -331,7 +340,7 @@ class Job:
         ``pipe`` may be None when there are no batches (nothing left to do here).
         """
         start = time.perf_counter()
-        self.progress = JobProgress(self.all_tasks, self.already_done_everywhere, self.shard)
+        self.progress = JobProgress(self.all_tasks, self.already_done_everywhere, self.shard, self.counted_ns)
         try:
             with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="flowsr-read") as readers, \
                     ThreadPoolExecutor(IO_THREADS, thread_name_prefix="flowsr-write") as writers:

@@ -92,6 +92,8 @@ def parse_lora(file: WeightsFile) -> FlowSRLora:
     try:
         payload = json.loads(file.metadata[FLOWSR_LORA_KEY])
         fields, groups = payload.get("fields", {}), payload.get("tensor_names", {})
+        if not isinstance(fields, dict) or not isinstance(groups, dict):
+            raise ValueError("'fields' and 'tensor_names' must be JSON objects")
     except (ValueError, AttributeError) as error:
         raise CheckpointError(f"{file.path} has corrupt FlowSR metadata ({error}); download it again") from None
     problems: list = []
@@ -106,6 +108,9 @@ def parse_lora(file: WeightsFile) -> FlowSRLora:
 def _parse_part(file: WeightsFile, fields: dict, groups: dict, part: str, problems: list) -> Optional[LoraPart]:
     rank, targets = fields.get(f"{part}_rank"), fields.get(f"{part}_lora_target_modules")
     names = groups.get(f"{part}_state_dict") or {}
+    if not isinstance(names, dict):
+        problems.append(f"'{part}_state_dict' is not a JSON object of tensor names; the file is damaged")
+        return None
     if not names:  # like the reference, a part whose rank is set but whose tensors are absent is skipped
         return None
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:

@@ -13,7 +13,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -76,16 +76,15 @@ def read_weights_file(path: str | os.PathLike) -> WeightsFile:
         raise CheckpointError(f"{path} is a folder; pass the .safetensors file inside it")
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; check the path")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise CheckpointError(f"{path} has only {size} bytes, too few for a safetensors file; "
-                                  "the download failed: download it again")
-        (header_size,) = struct.unpack("<Q", prefix)
-        if header_size > min(_MAX_HEADER_BYTES, size - 8):
-            raise CheckpointError(_not_safetensors_message(path, prefix + f.read(56)))
-        raw_header = f.read(header_size)
+    try:
+        size, (prefix, header_size, raw_header) = path.stat().st_size, _read_header_bytes(path)
+    except OSError as error:  # permissions, a file that vanished, a disk error
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+    if len(prefix) < 8:
+        raise CheckpointError(f"{path} has only {size} bytes, too few for a safetensors file; "
+                              "the download failed: download it again")
+    if raw_header is None:
+        raise CheckpointError(_not_safetensors_message(path, prefix))
     try:
         header = json.loads(raw_header.decode("utf-8"))
         metadata = header.pop("__metadata__", None) or {}
@@ -98,6 +97,20 @@ def read_weights_file(path: str | os.PathLike) -> WeightsFile:
         raise CheckpointError(f"{path} is truncated: its header describes {needed + 8 + header_size} bytes "
                               f"but the file has {size}; the download was cut short: download it again")
     return WeightsFile(path, size, header, metadata)
+
+
+def _read_header_bytes(path: Path) -> tuple[bytes, int, Optional[bytes]]:
+    """(first bytes, declared header size, raw header); the raw header is None when the declared size cannot
+    be a safetensors header (then the first 64 bytes say what the file is)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            return prefix, 0, b""
+        (header_size,) = struct.unpack("<Q", prefix)
+        if header_size > min(_MAX_HEADER_BYTES, size - 8):
+            return prefix + f.read(56), header_size, None
+        return prefix, header_size, f.read(header_size)
 
 
 def _not_safetensors_message(path: Path, head: bytes) -> str:

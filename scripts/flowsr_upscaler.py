@@ -346,6 +346,7 @@ class ConsoleProgress:
 
             self.bar = tqdm(desc="FlowSR", unit="call", total=total)
             self.bar.start_t = self.started  # the rate counts the first call too
+        self.bar.total = total  # grows when out of memory made the tiles smaller
         if done < total:
             self.bar.update(done - self.bar.n)
         else:

@@ -184,6 +184,7 @@ def write_raw(path, tensors, fields, names, metadata_key=FLOWSR_LORA_KEY):
     ({"unet_rank": 4, "unet_lora_target_modules": ["to_q"]}, {"unet_state_dict": {"zz": "k"}},
      "names 1 unet tensors the file does not hold"),
     ({"unet_rank": 4}, {}, "holds no UNet weights"),
+    ({"unet_rank": 4, "unet_lora_target_modules": ["to_q"]}, {"unet_state_dict": ["a"]}, "'unet_state_dict' is not"),
     ({"unet_rank": 2, "unet_lora_target_modules": ["to_q"]},
      {"unet_state_dict": {"a": f"{ATTN_Q}.lora_A.default.weight"}}, "has rank 4 but the metadata says unet_rank=2"),
 ])
@@ -194,9 +195,10 @@ def test_inconsistent_metadata(tmp_path, fields, names, message):
     assert any(message.split(" ")[0] in p for p in check_weights(path).problems)
 
 
-def test_corrupt_metadata_json(tmp_path):
+@pytest.mark.parametrize("payload", ["{broken", '{"fields": [], "tensor_names": {}}', '{"tensor_names": "x"}'])
+def test_corrupt_metadata_json(tmp_path, payload):
     path = tmp_path / "m.safetensors"
-    save_file({"a": torch.zeros(1)}, str(path), metadata={FLOWSR_LORA_KEY: "{broken"})
+    save_file({"a": torch.zeros(1)}, str(path), metadata={FLOWSR_LORA_KEY: payload})
     with pytest.raises(CheckpointError, match="corrupt FlowSR metadata"):
         lora.read_lora(path)
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tests.conftest import write_flowsr_lora
 
-from flowsr import lora
+from flowsr import lora, weights_file
 from flowsr.check import check_weights
 from flowsr.cli import main
 from flowsr.errors import CheckpointError
@@ -197,3 +197,14 @@ def test_small_model_with_a_missing_or_foreign_tensor_names_it(small_model_file,
     assert f"missing (e.g. {CONV_IN})" in problems
     with pytest.raises(CheckpointError, match=re.escape(f"missing (e.g. {CONV_IN})")):
         load_model(bad, device="cpu", dtype="fp32")
+
+
+def test_an_unreadable_weights_file_is_a_checkpoint_error_not_a_traceback(tmp_path, monkeypatch):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"x" * 64)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr("builtins.open", refuse)
+    with pytest.raises(CheckpointError, match="cannot read .*Permission denied"):
+        weights_file.read_weights_file(path)
