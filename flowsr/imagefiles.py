@@ -84,20 +84,24 @@ def read_picture(path: Path) -> Picture:
     except MemoryError:
         image.close()
         raise BadInputError("not enough memory to decode it; upscale it on its own or on a larger machine") from None
-    metadata = {"icc_profile": image.info.get("icc_profile"), "exif": _upright_exif(image)}
+    image, exif = _upright(image)
+    metadata = {"icc_profile": image.info.get("icc_profile"), "exif": exif}
     return Picture(image, {key: value for key, value in metadata.items() if value})
 
 
-def _upright_exif(image: Image.Image) -> Optional[bytes]:
-    """Turn ``image`` upright and return its EXIF without the orientation; a damaged EXIF block (PIL raises
-    many kinds of errors for those) is dropped, as :func:`read_header` ignores it."""
+def _upright(image: Image.Image) -> tuple[Image.Image, Optional[bytes]]:
+    """``image`` turned as its EXIF orientation says, and its EXIF without the orientation. A damaged EXIF block
+    (PIL raises many kinds of errors for those) is dropped, as :func:`read_header` ignores it."""
     try:
-        ImageOps.exif_transpose(image, in_place=True)
+        if image.getexif().get(_ORIENTATION_TAG) not in (None, 1):
+            upright = ImageOps.exif_transpose(image)  # a copy: Pillow 9 (A1111's pin) cannot turn in place
+            image.close()
+            image = upright
         exif = image.getexif()
         exif.pop(_ORIENTATION_TAG, None)
-        return exif.tobytes() if len(exif) else None
+        return image, exif.tobytes() if len(exif) else None
     except Exception:
-        return None
+        return image, None
 
 
 def save_picture(image: Image.Image, path: Path, metadata: Optional[dict] = None) -> None:
