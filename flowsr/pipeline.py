@@ -199,7 +199,7 @@ class _Run:
     def _first_step(self, plan: TilePlan, tracker: _Progress, generator: Optional[torch.Generator]) -> torch.Tensor:
         """Each tile encoded and moved one Euler step, blended into the latent after that step (on the host)."""
         model = self.model
-        band = Band(len(self.lr), model.latent_channels, self.grid[1])
+        band = Band(len(self.lr), model.latent_channels, self.grid[1], height=self.grid[0])
         with self._statistics(plan, self._encoder_calibration) as select:
             for group in plan.groups:
                 tracker.tick()
@@ -210,7 +210,7 @@ class _Run:
         return band.pop(self.grid[0])
 
     def _step(self, plan: TilePlan, tracker: _Progress, latent: torch.Tensor, index: int) -> torch.Tensor:
-        band = Band(len(self.lr), latent.shape[1], self.grid[1])
+        band = Band(len(self.lr), latent.shape[1], self.grid[1], height=self.grid[0])
         for group in plan.groups:
             tracker.tick()
             x = torch.stack([latent[tile.image, :, tile.rows, tile.cols] for tile in group]).to(self.model.device)

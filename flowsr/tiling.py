@@ -163,13 +163,15 @@ class TilePlan:
 class Band:
     """Weighted sums of overlapping tiles over a window of rows of a batch of images; final rows leave it.
 
-    Memory is the window (the rows tiles still touch), not the image, unless every row stays until the end.
+    Memory is the window (the rows tiles still touch), not the image, unless every row stays until the end:
+    then pass the final ``height``, so the rows are allocated once (growing by concatenation would hold the
+    old and the new copy at once: twice the image).
     """
 
-    def __init__(self, images: int, channels: int, width: int):
+    def __init__(self, images: int, channels: int, width: int, height: int = 0):
         self.top = 0
-        self.sums = torch.zeros(images, channels, 0, width)
-        self.weights = torch.zeros(images, 1, 0, width)
+        self.sums = torch.zeros(images, channels, height, width)
+        self.weights = torch.zeros(images, 1, height, width)
 
     def add(self, image: int, rows: slice, cols: slice, values: torch.Tensor, weights: torch.Tensor) -> None:
         """Add ``values`` (C, h, w) with ``weights`` (h, w) at ``rows`` x ``cols`` (rows below ``top``)."""

@@ -123,3 +123,17 @@ def test_an_automatic_tile_is_large_enough_for_the_overlap_asked_for_whatever_th
         tiling = Tiling.choose(None, 40, None, free=free, **common)
         assert tiling.overlap == 40 and tiling.size >= 80, (free, tiling)
     assert Tiling.choose(None, None, None, free=2 ** 28, **common).size < 80  # no overlap asked: memory decides
+
+
+def test_a_band_given_its_height_blends_like_a_growing_one_without_reallocating():
+    tiles = [(slice(0, 6), slice(0, 5)), (slice(4, 10), slice(3, 8))]
+    grown, fixed = Band(1, 2, 8), Band(1, 2, 8, height=10)
+    storage = fixed.sums.data_ptr()
+    for rows, cols in tiles:
+        values = torch.rand(2, 6, 5)
+        for band in (grown, fixed):
+            band.add(0, rows, cols, values, torch.ones(6, 5))
+    assert fixed.sums.data_ptr() == storage
+    expected, result = grown.pop(10), fixed.pop(10)
+    assert torch.equal(expected.isnan(), result.isnan())
+    assert torch.allclose(expected.nan_to_num(), result.nan_to_num())
