@@ -142,6 +142,10 @@ class FlowSRPipeline:
         """The caller's tiling, with what they left open chosen for the model and its device's free memory."""
         model = self.model
         element = torch.finfo(model.dtype).bits // 8
+        if tile_batch is None and model.device.type == "cpu":
+            # A CPU has no idle units for a bigger call to fill: on 2 cores a 16-frame 256^2 batch, 4 frames per
+            # call, took 1.3-2.2x the time per frame of one per call and 1.5-1.9x the memory (bench_upscale.py).
+            tile_batch = 1
         return Tiling.choose(tile_size, tile_overlap, tile_batch, free=free_memory(model.device),
                              output_pixels=size[0] * size[1], latent_factor=model.latent_factor,
                              bytes_per_pixel=model.untiled_bytes_per_pixel * element / 2,
