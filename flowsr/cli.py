@@ -103,14 +103,6 @@ def _interrupt_on_terminate(signal_number, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _is_out_of_memory(error: Exception) -> bool:
-    if isinstance(error, MemoryError):
-        return True
-    from .devices import is_out_of_memory
-
-    return is_out_of_memory(error)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -137,7 +129,9 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:
-        if not _is_out_of_memory(error):
+        from .devices import is_out_of_memory  # MemoryError included
+
+        if not is_out_of_memory(error):
             raise
         print(f"flowsr: out of memory ({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
               "close other programs, or use a smaller --tile-size, --batch-size or --scale", file=sys.stderr)
