@@ -176,6 +176,14 @@ def _out_of_memory_advice(device: torch.device) -> str:
             "smaller scale")
 
 
+def padded_side(side: int, model: FlowSRModel) -> int:
+    """An image side after the pre-processing's padding: a multiple of the model's ``pad_multiple``, and at
+    least its ``min_latent_side``."""
+    multiple = model.pad_multiple
+    least = -(-model.min_latent_side * model.latent_factor // multiple) * multiple
+    return max(-(-side // multiple) * multiple, least)
+
+
 class _Run:
     """One upscale of a batch of equal-size images: the work of every tile, from the LR input to the output."""
 
@@ -183,9 +191,8 @@ class _Run:
                  method: str, seed: Optional[int], output: Output):
         self.model, self.lr, self.size, self.times, self.method, self.seed, self.output = \
             model, lr, size, times, method, seed, output
-        multiple, factor = model.pad_multiple, model.latent_factor
-        self.padded = (-(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple)
-        self.grid = (self.padded[0] // factor, self.padded[1] // factor)
+        self.padded = tuple(padded_side(side, model) for side in size)
+        self.grid = (self.padded[0] // model.latent_factor, self.padded[1] // model.latent_factor)
 
     def plan(self, tiling: Tiling) -> TilePlan:
         """Encoder, each flow step, decoder: that many passes over the tiles."""

@@ -23,6 +23,9 @@ class FlowSRModel(nn.Module):
     latent_factor: int = 8
     #: Pre-processing reflect-pads image sides to a multiple of this.
     pad_multiple: int = 64
+    #: ... and to at least this many latent pixels: a network trained on crops of that size answers a much
+    #: smaller input (a 1x1 icon) with its border artefacts only.
+    min_latent_side: int = 0
     #: Channels of the latent.
     latent_channels: int = 4
     #: Tile side and overlap (latent pixels) when the caller leaves tiling automatic and memory is unknown.

@@ -9,16 +9,20 @@ from PIL import Image
 
 from flowsr import BadInputError, Cancelled, FlowSRPipeline, OutOfMemoryError, flow
 from flowsr.models.base import FlowSRModel
+from flowsr.models.tiny import TinyFlowSR
 from flowsr.resample import padded_positions
 from flowsr.tiling import Tiling
+from tests.core.conftest import TINY_CONFIG
 
 
 def reference_upscale(model, lr, scale, times):
     """docs/FORMAT.md's conventions, written out plainly: resize, pad, encode, Euler, decode, crop."""
     height, width = round(lr.shape[-2] * scale), round(lr.shape[-1] * scale)
     x = F.interpolate(lr, size=(height, width), mode="bilinear", align_corners=False) * 2 - 1
-    multiple = model.pad_multiple
-    x = F.pad(x, (0, -width % multiple, 0, -height % multiple), mode="reflect")
+    multiple, least = model.pad_multiple, model.min_latent_side * model.latent_factor
+    padded = [max(side + -side % multiple, least + -least % multiple) for side in (height, width)]
+    x = F.pad(x, (0, min(padded[1] - width, width - 1), 0, min(padded[0] - height, height - 1)), mode="reflect")
+    x = F.pad(x, (0, padded[1] - x.shape[-1], 0, padded[0] - x.shape[-2]), mode="replicate")
     z = model.encode(x)
     for t, t_next in zip(times[:-1], times[1:]):
         z = z + (t_next - t) * model.velocity(z, torch.full((1,), float(t)))
@@ -165,6 +169,23 @@ def test_half_precision_overflow_in_the_decoder_falls_back_to_fp32(image):
 def test_padding_reflects_then_replicates():
     assert padded_positions(0, 8, 3, 8).tolist() == [0, 1, 2, 1, 0, 0, 0, 0]
     assert padded_positions(0, 4, 1, 4).tolist() == [0, 0, 0, 0]
+
+
+def test_tiny_inputs_are_padded_to_the_least_latent_side_the_network_knows(image):
+    torch.manual_seed(0)
+    model = TinyFlowSR({**TINY_CONFIG, "min_latent_side": 12})
+    sides = []
+    original = type(model).velocity
+    model.velocity = lambda x_t, t: sides.append(tuple(x_t.shape[-2:])) or original(model, x_t, t)
+    pipeline = FlowSRPipeline(model)
+    flat = torch.full((1, 3, 2, 3), 0.3)
+    out = pipeline.upscale_tensor(flat, scale=4, tile_size=0, color_fix="none")
+    big = pipeline.upscale_tensor(torch.full((1, 3, 12, 12), 0.3), scale=4, tile_size=0, color_fix="none")
+    assert sides == [(12, 12), (12, 12)]  # 48 px: a multiple of 16, and 12 latent pixels
+    assert torch.equal(out, big[..., :8, :12])  # the network saw the same flat 12 x 12 latent
+    small = image[..., :5, :7]
+    expected = reference_upscale(model, small, 4, flow.schedule("uniform", 1).float())
+    assert (pipeline.upscale_tensor(small, scale=4, tile_size=0, color_fix="none") - expected).abs().max() < 1 / 510
 
 
 @pytest.mark.parametrize("options,message", [
