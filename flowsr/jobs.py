@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import BadInputError, FlowSRError
+from .image_rules import checked_output_size
 from .imagefiles import IMAGE_SUFFIXES, Picture, read_header, read_picture, remove_leftovers, save_picture
 
 #: PIL modes whose pixels stack into one uint8 BHWC array for a shared batch; others go one at a time.
@@ -284,13 +285,8 @@ def sized_batches(tasks: Sequence[Task], scale: float, batch_size: int, report: 
 
 
 def _batch_key(path: Path, scale: float) -> tuple[int, int, str]:
-    from .pipeline import MAX_OUTPUT_PIXELS, output_size
-
     width, height, mode = read_header(path)
-    out_height, out_width = output_size(height, width, scale)
-    if out_width * out_height > MAX_OUTPUT_PIXELS:
-        raise BadInputError(f"{width}x{height} pixels; at scale {scale:g} the output ({out_width}x{out_height}) "
-                            f"would exceed the {MAX_OUTPUT_PIXELS:,} pixels this tool handles")
+    checked_output_size(height, width, scale)
     return width, height, mode
 
 

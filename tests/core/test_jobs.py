@@ -59,6 +59,13 @@ def test_batches_group_equal_sizes_in_input_order(tmp_path):
         ["img00.png", "img02.png"], ["img03.png"], ["img01.png", "img04.png"]]
 
 
+def test_a_job_is_planned_without_importing_torch():
+    """The command line answers bad input fast: jobs and the image rules it reads must stay torch-free."""
+    probe = "import sys, flowsr.jobs, flowsr.image_rules; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
 def test_batched_outputs_equal_one_at_a_time(tiny_checkpoint, tmp_path):
     write_images(tmp_path / "in", [(16, 12)] * 3 + [(10, 10)])
     common = ["--checkpoint", str(tiny_checkpoint), "--scale", "2"]
