@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from .errors import BadInputError
 
+#: PIL modes whose pixels are taken as they are (8-bit grey or RGB, with or without alpha), so that images of
+#: one size and one of these modes stack into one uint8 array; the others are converted one by one first.
+PLAIN_PIL_MODES = frozenset({"RGB", "RGBA", "L", "LA"})
 #: Outputs beyond this many pixels (about 32k x 32k) are refused before any work starts.
 MAX_OUTPUT_PIXELS = 1 << 30
 

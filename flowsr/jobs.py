@@ -31,11 +31,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import BadInputError, FlowSRError
-from .image_rules import checked_output_size
+from .image_rules import PLAIN_PIL_MODES, checked_output_size
 from .imagefiles import IMAGE_SUFFIXES, Picture, read_header, read_picture, remove_leftovers, save_picture
 
-#: PIL modes whose pixels stack into one uint8 BHWC array for a shared batch; others go one at a time.
-BATCHABLE_MODES = {"RGB", "RGBA", "L", "LA"}
 READ_AHEAD = 2      # batches decoded ahead of the network
 WRITE_BEHIND = 2    # batches of outputs that may wait for encoding before the network waits for them
 IO_THREADS = 2
@@ -279,7 +277,7 @@ def sized_batches(tasks: Sequence[Task], scale: float, batch_size: int, report: 
     batches = []
     for key, group in groupby(keyed, key=lambda pair: pair[0]):
         members = [task for _, task in group]
-        size = batch_size if key[-1] in BATCHABLE_MODES else 1
+        size = batch_size if key[-1] in PLAIN_PIL_MODES else 1
         batches += [members[start:start + size] for start in range(0, len(members), size)]
     return batches
 

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from PIL import Image
 
 from flowsr import jobs
 from flowsr.cli import main
+from flowsr.image_rules import PLAIN_PIL_MODES
 from flowsr.imagefiles import TEMPORARY_SUFFIX, save_picture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +59,27 @@ def test_batches_group_equal_sizes_in_input_order(tmp_path):
     batches = jobs.sized_batches(tasks, 2.0, 2, jobs.Report())
     assert [[t.source.name for t in batch] for batch in batches] == [
         ["img00.png", "img02.png"], ["img03.png"], ["img01.png", "img04.png"]]
+
+
+def test_only_plain_modes_share_batches(tmp_path):
+    tasks = []
+    for index, mode in enumerate(["P", "P", "LA", "LA", "CMYK", "CMYK"]):
+        path = tmp_path / f"{index}.{'tif' if mode == 'CMYK' else 'png'}"
+        Image.new("RGB", (8, 8), (200, 30, 40)).convert(mode).save(path)
+        tasks.append(jobs.Task(path, tmp_path / "out" / path.name))
+    batches = jobs.sized_batches(tasks, 2.0, 4, jobs.Report())
+    assert sorted(len(batch) for batch in batches) == [1, 1, 1, 1, 2]
+
+
+@pytest.mark.parametrize("mode", sorted(PLAIN_PIL_MODES))
+def test_plain_modes_stacked_equal_one_at_a_time(tiny_pipeline, mode):
+    generator = np.random.default_rng(0)
+    images = [Image.fromarray(generator.integers(0, 255, (8, 8, 4), np.uint8)).convert(mode) for _ in range(2)]
+    stacked = jobs.upscale_images(tiny_pipeline, images, dict(scale=2), SimpleNamespace(network_calls=None))
+    for image, result in zip(images, stacked):
+        alone = tiny_pipeline.upscale(image, scale=2)
+        assert result.mode == alone.mode == mode
+        np.testing.assert_array_equal(np.asarray(result), np.asarray(alone))
 
 
 def test_a_job_is_planned_without_importing_torch():
