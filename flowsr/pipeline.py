@@ -195,22 +195,22 @@ class _Run:
     def _first_step(self, plan: TilePlan, tracker: _Progress, generator: Optional[torch.Generator]) -> torch.Tensor:
         """Each tile encoded and moved one Euler step, blended into the latent after that step (on the host)."""
         model = self.model
-        band = Band(len(self.lr), model.latent_channels, self.grid[1], height=self.grid[0])
+        band, weights = Band(len(self.lr), model.latent_channels, self.grid[1], height=self.grid[0]), plan.weights()
         with self._statistics(plan, self._encoder_calibration) as select:
             for group in plan.groups:
                 tracker.tick()
                 select([tile.image for tile in group])
                 x = model.encode_fp32(torch.cat([self._encoder_input(tile) for tile in group]), generator)
                 tracker.tick()
-                self._blend(band, group, self._euler(x, 0), plan.weights())
+                self._blend(band, group, self._euler(x, 0), weights)
         return band.pop(self.grid[0])
 
     def _step(self, plan: TilePlan, tracker: _Progress, latent: torch.Tensor, index: int) -> torch.Tensor:
-        band = Band(len(self.lr), latent.shape[1], self.grid[1], height=self.grid[0])
+        band, weights = Band(len(self.lr), latent.shape[1], self.grid[1], height=self.grid[0]), plan.weights()
         for group in plan.groups:
             tracker.tick()
             x = torch.stack([latent[tile.image, :, tile.rows, tile.cols] for tile in group]).to(self.model.device)
-            self._blend(band, group, self._euler(x, index), plan.weights())
+            self._blend(band, group, self._euler(x, index), weights)
         return band.pop(self.grid[0])
 
     def _euler(self, x: torch.Tensor, index: int) -> torch.Tensor:
