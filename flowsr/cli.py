@@ -49,7 +49,8 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     """How a job treats existing files and batches its images (not options of the upscaling itself)."""
     parser.add_argument("--resume", action="store_true",
                         help="skip inputs whose output already exists (outputs are written whole, so an existing "
-                             "one is finished); without it existing outputs are replaced")
+                             "one is finished; an output that is its own input does not count); without it "
+                             "existing outputs are replaced")
     parser.add_argument("--overwrite-inputs", action="store_true",
                         help="allow an output to replace its own input (refused otherwise)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="N",

@@ -203,10 +203,20 @@ def gather_reports(report: Report, connected: bool) -> list[Report]:
 
 def split_done(tasks: Sequence[Task], resume: bool) -> tuple[list[Task], list[Task]]:
     """(to do, already done): with ``resume`` an existing output is done; without it, it is redone."""
-    if not resume:
-        return list(tasks), []
-    done = [task for task in tasks if task.destination.exists()]
-    return [task for task in tasks if not task.destination.exists()], done
+    todo: list[Task] = []
+    done: list[Task] = []
+    for task in tasks:
+        (done if resume and _has_finished_output(task) else todo).append(task)
+    return todo, done
+
+
+def _has_finished_output(task: Task) -> bool:
+    """Its output exists and is another file than its input: in place (``--overwrite-inputs``), the existing
+    output is the input itself, which says nothing of whether it was upscaled."""
+    try:
+        return not os.path.samefile(task.source, task.destination)
+    except OSError:  # no output yet (or the input is gone: reading it will say so)
+        return task.destination.exists()
 
 
 # --- progress -----------------------------------------------------------------------------------------------
