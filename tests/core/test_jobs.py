@@ -3,6 +3,7 @@ processes that survives one of them being killed."""
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -149,6 +150,24 @@ def test_an_interrupted_save_leaves_the_old_file_and_no_temporary(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         save_picture(Image.new("RGB", (64, 64), "blue"), path)
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_what_any_new_file_gets_and_the_umask_is_left_alone(tmp_path, monkeypatch, umask):
+    def no_umask(mask):
+        raise AssertionError("os.umask sets the mask of the whole process (every thread) to read it")
+
+    previous = os.umask(umask)
+    try:
+        monkeypatch.setattr(os, "umask", no_umask)
+        save_picture(Image.new("RGB", (4, 4)), tmp_path / "out.png")
+        (tmp_path / "plain").touch()
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o666 & ~umask
 
 
 def _save_repeatedly(image, path, times=20):
