@@ -99,7 +99,7 @@ def reference_style(pipe, image: torch.Tensor, scale: float, tile: int, overlap:
     import torch.nn.functional as F
 
     from flowsr import flow
-    from flowsr.pipeline import output_size
+    from flowsr.image_rules import output_size
     from flowsr.tiling import Band, TilePlan, Tiling
 
     model = pipe.model

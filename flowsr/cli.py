@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import FlowSRError, BadInputError, CheckpointError
+from .families import FAMILIES
 from .options import UPSCALE_OPTIONS, add_upscale_options, check_upscale_options, cli_labels
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -28,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output file (one input image) or folder (created if missing)")
     up.add_argument("--checkpoint", help="flowsr.safetensors (public weights) or a small-model file; "
                                          "default: the built-in small model")
-    up.add_argument("--base-model", help="SD 2.1-base for the public weights: a diffusers folder, a single-file "
-                                         ".safetensors, or a hub id (with --allow-download)")
+    up.add_argument("--base-model", help=f"{FAMILIES[0].name} for the public weights: a diffusers folder, a "
+                                         "single-file .safetensors, or a hub id (with --allow-download)")
     up.add_argument("--allow-download", action="store_true", help="let --base-model be fetched from the hub")
     add_upscale_options(up)
     up.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu; under torchrun or accelerate "
@@ -48,7 +49,8 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     """How a job treats existing files and batches its images (not options of the upscaling itself)."""
     parser.add_argument("--resume", action="store_true",
                         help="skip inputs whose output already exists (outputs are written whole, so an existing "
-                             "one is finished); without it existing outputs are replaced")
+                             "one is finished; an output that is its own input does not count); without it "
+                             "existing outputs are replaced")
     parser.add_argument("--overwrite-inputs", action="store_true",
                         help="allow an output to replace its own input (refused otherwise)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="N",

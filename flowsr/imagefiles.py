@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
+import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,16 +27,9 @@ _METADATA_BY_FORMAT = {"PNG": ("icc_profile", "exif"), "JPEG": ("icc_profile", "
 _ORIENTATION_TAG = 0x0112
 _SIDEWAYS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 TEMPORARY_SUFFIX = ".flowsr-part"
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-#: Outputs get the permissions any new file gets here (mkstemp alone would make them private).
-_FILE_MODE = 0o666 & ~_read_umask()
+#: Temporary outputs are created with mode 0o666 and these flags, not by ``tempfile.mkstemp``, which makes them
+#: private (0o600): so the kernel gives them what the umask allows, as any new file, and no one reads the umask.
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
 @dataclass
@@ -128,14 +121,14 @@ def write_atomically(path: Path, write) -> None:
 
     On any failure, Ctrl-C included, the temporary file is removed and ``path`` is left as it was.
     """
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}{TEMPORARY_SUFFIX}"
+    descriptor = os.open(temporary, _NEW_FILE_FLAGS, 0o666)  # a name taken already raises, never overwrites
     try:
         with os.fdopen(descriptor, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, _FILE_MODE)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise

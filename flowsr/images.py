@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 
 from .errors import BadInputError
+from .image_rules import PLAIN_PIL_MODES
 from .resample import resize_region
 
 ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
 
-#: PIL modes we take, by what we turn them into before upscaling.
-_PIL_AS_IS = {"RGB", "RGBA", "L", "LA"}
+#: PIL modes we take, by what we turn them into before upscaling (the plain ones are taken as they are).
 _PIL_TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV"}
 _PIL_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
@@ -72,7 +72,7 @@ def _from_pil(image: Image.Image) -> Batch:
         peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         rgb, alpha, grey = split_channels(torch.from_numpy(np.clip(array / peak, 0, 1))[None, None])
         return Batch(rgb, alpha, grey, "pil", np.dtype(np.uint16 if peak > 255 else np.uint8), peak, 2)
-    if image.mode not in _PIL_AS_IS:
+    if image.mode not in PLAIN_PIL_MODES:
         raise BadInputError(f"unsupported image mode {mode!r}; convert the image to RGB or RGBA first")
     array = np.asarray(image)
     batch = _from_numpy(array if array.ndim == 3 else array[..., None])

@@ -31,10 +31,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import BadInputError, FlowSRError
+from .image_rules import PLAIN_PIL_MODES, checked_output_size
 from .imagefiles import IMAGE_SUFFIXES, Picture, read_header, read_picture, remove_leftovers, save_picture
 
-#: PIL modes whose pixels stack into one uint8 BHWC array for a shared batch; others go one at a time.
-BATCHABLE_MODES = {"RGB", "RGBA", "L", "LA"}
 READ_AHEAD = 2      # batches decoded ahead of the network
 WRITE_BEHIND = 2    # batches of outputs that may wait for encoding before the network waits for them
 IO_THREADS = 2
@@ -204,10 +203,20 @@ def gather_reports(report: Report, connected: bool) -> list[Report]:
 
 def split_done(tasks: Sequence[Task], resume: bool) -> tuple[list[Task], list[Task]]:
     """(to do, already done): with ``resume`` an existing output is done; without it, it is redone."""
-    if not resume:
-        return list(tasks), []
-    done = [task for task in tasks if task.destination.exists()]
-    return [task for task in tasks if not task.destination.exists()], done
+    todo: list[Task] = []
+    done: list[Task] = []
+    for task in tasks:
+        (done if resume and _has_finished_output(task) else todo).append(task)
+    return todo, done
+
+
+def _has_finished_output(task: Task) -> bool:
+    """Its output exists and is another file than its input: in place (``--overwrite-inputs``), the existing
+    output is the input itself, which says nothing of whether it was upscaled."""
+    try:
+        return not os.path.samefile(task.source, task.destination)
+    except OSError:  # no output yet (or the input is gone: reading it will say so)
+        return task.destination.exists()
 
 
 # --- progress -----------------------------------------------------------------------------------------------
@@ -278,19 +287,14 @@ def sized_batches(tasks: Sequence[Task], scale: float, batch_size: int, report: 
     batches = []
     for key, group in groupby(keyed, key=lambda pair: pair[0]):
         members = [task for _, task in group]
-        size = batch_size if key[-1] in BATCHABLE_MODES else 1
+        size = batch_size if key[-1] in PLAIN_PIL_MODES else 1
         batches += [members[start:start + size] for start in range(0, len(members), size)]
     return batches
 
 
 def _batch_key(path: Path, scale: float) -> tuple[int, int, str]:
-    from .pipeline import MAX_OUTPUT_PIXELS, output_size
-
     width, height, mode = read_header(path)
-    out_height, out_width = output_size(height, width, scale)
-    if out_width * out_height > MAX_OUTPUT_PIXELS:
-        raise BadInputError(f"{width}x{height} pixels; at scale {scale:g} the output ({out_width}x{out_height}) "
-                            f"would exceed the {MAX_OUTPUT_PIXELS:,} pixels this tool handles")
+    checked_output_size(height, width, scale)
     return width, height, mode
 
 

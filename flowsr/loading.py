@@ -19,7 +19,7 @@ import torch
 from .devices import resolve_device, resolve_dtype
 from .errors import CheckpointError
 from .families import FAMILIES, BaseModelFamily, base_model_help, family_for_width
-from .lora import apply_lora, parse_lora
+from .lora import apply_lora, usable_lora
 from .models.base import FlowSRModel
 from .weights_file import FLOWSR_LORA, FLOWSR_MODEL, read_weights_file
 
@@ -65,9 +65,7 @@ def _load_on_cpu(checkpoint: Optional[PathLike], base_model: Optional[PathLike],
         if base_model is not None:
             logger.warning("%s is a full FlowSR model; the base model %s is not used", file.path, base_model)
         return tiny.load_tiny(file.path)
-    lora = parse_lora(file)  # raises for a file of another kind, saying what it is
-    if lora.problems:
-        raise CheckpointError(f"{file.path} is not a usable FlowSR checkpoint: " + "; ".join(lora.problems))
+    lora = usable_lora(file)  # raises for a file of another kind, saying what it is
     family = family_for_width(lora.cross_attention_width) or FAMILIES[0]  # another width: apply_lora names it
     if base_model is None:
         raise CheckpointError(f"{file.path} holds FlowSR's LoRA weights, which apply to a base model: pass one "

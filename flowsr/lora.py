@@ -79,7 +79,12 @@ class FlowSRLora:
 
 def read_lora(path: str | os.PathLike) -> FlowSRLora:
     """Parse a public-format file and check it; any problem is a :class:`CheckpointError`."""
-    lora = parse_lora(read_weights_file(path))
+    return usable_lora(read_weights_file(path))
+
+
+def usable_lora(file: WeightsFile) -> FlowSRLora:
+    """:func:`parse_lora`, with what is wrong with the file raised as a :class:`CheckpointError`."""
+    lora = parse_lora(file)
     if lora.problems:
         raise CheckpointError(f"{lora.path} is not a usable FlowSR checkpoint: " + "; ".join(lora.problems))
     return lora

@@ -19,15 +19,13 @@ from . import flow
 from .color import MARGINS, Statistics, apply_color_fix, channel_statistics
 from .devices import empty_cache, free_memory, is_out_of_memory, resolve_device, resolve_dtype
 from .errors import BadInputError, Cancelled, OutOfMemoryError
+from .image_rules import checked_output_size
 from .images import ImageLike, Output, to_batch
 from .models.base import FlowSRModel
 from .options import SCALE, check_option, check_upscale_options
 from .resample import padded_positions, resize_region
 from .tiling import Band, Tile, TilePlan, Tiling, downscale_to_fit, fit_size, \
     shared_group_norm_statistics
-
-#: Outputs beyond this many pixels (about 32k x 32k) are refused before any work starts.
-MAX_OUTPUT_PIXELS = 1 << 30
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
@@ -45,10 +43,6 @@ class _Progress:
         self.done += 1
         if self.callback is not None:
             self.callback(self.done, self.total)
-
-
-def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 class FlowSRPipeline:
@@ -100,9 +94,8 @@ class FlowSRPipeline:
                  seed: Optional[int] = None, progress: Optional[ProgressCallback] = None,
                  cancel: Optional[CancelCallback] = None) -> ImageLike:
         """Check everything, plan the tiles, allocate the output, and run (smaller tiles on out-of-memory)."""
-        self._check_pixels(pixels, scale)
+        size = self._check_pixels(pixels, scale)
         _check_options(steps, schedule, tile_size, tile_overlap, tile_batch, color_fix)
-        size = output_size(*pixels.shape[-2:], scale)
         tiling = self._tiling(size, tile_size, tile_overlap, tile_batch)
         output = _allocate(make_output, size)
         run = _Run(self.model, pixels.detach().float().cpu(), size, flow.schedule(schedule, steps), color_fix,
@@ -124,19 +117,18 @@ class FlowSRPipeline:
                 old_plan, plan = plan, run.plan(smaller)
                 tracker.total += (tracker.done - done_before) + len(plan) - len(old_plan)
 
-    def _check_pixels(self, pixels: torch.Tensor, scale: float) -> None:
+    def _check_pixels(self, pixels: torch.Tensor, scale: float) -> tuple[int, int]:
+        """The output's (height, width), once the pixels and the scale are known to be usable."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise BadInputError(f"expected RGB pixels shaped (B, 3, H, W), got {tuple(pixels.shape)}")
         if pixels.shape[0] == 0 or min(pixels.shape[-2:]) < 1:
             raise BadInputError(f"the image is empty ({tuple(pixels.shape)})")
         check_option(SCALE, scale)
-        height, width = output_size(pixels.shape[-2], pixels.shape[-1], scale)
-        if height * width > MAX_OUTPUT_PIXELS:
-            raise BadInputError(f"the output would be {width}x{height} pixels, more than this tool handles; "
-                                "upscale a smaller image or use a smaller scale")
+        size = checked_output_size(pixels.shape[-2], pixels.shape[-1], scale)
         if pixels.is_floating_point() and bool(torch.isnan(pixels).any()):
             raise BadInputError(f"the image holds {int(torch.isnan(pixels).sum())} NaN (not-a-number) values; "
                                 "replace them (e.g. numpy.nan_to_num) before upscaling")
+        return size
 
     def _tiling(self, size: tuple[int, int], tile_size, tile_overlap, tile_batch) -> Tiling:
         """The caller's tiling, with what they left open chosen for the model and its device's free memory."""
@@ -210,22 +202,22 @@ class _Run:
     def _first_step(self, plan: TilePlan, tracker: _Progress, generator: Optional[torch.Generator]) -> torch.Tensor:
         """Each tile encoded and moved one Euler step, blended into the latent after that step (on the host)."""
         model = self.model
-        band = Band(len(self.lr), model.latent_channels, self.grid[1], height=self.grid[0])
+        band, weights = Band(len(self.lr), model.latent_channels, self.grid[1], height=self.grid[0]), plan.weights()
         with self._statistics(plan, self._encoder_calibration) as select:
             for group in plan.groups:
                 tracker.tick()
                 select([tile.image for tile in group])
                 x = model.encode_fp32(torch.cat([self._encoder_input(tile) for tile in group]), generator)
                 tracker.tick()
-                self._blend(band, group, self._euler(x, 0), plan.weights())
+                self._blend(band, group, self._euler(x, 0), weights)
         return band.pop(self.grid[0])
 
     def _step(self, plan: TilePlan, tracker: _Progress, latent: torch.Tensor, index: int) -> torch.Tensor:
-        band = Band(len(self.lr), latent.shape[1], self.grid[1], height=self.grid[0])
+        band, weights = Band(len(self.lr), latent.shape[1], self.grid[1], height=self.grid[0]), plan.weights()
         for group in plan.groups:
             tracker.tick()
             x = torch.stack([latent[tile.image, :, tile.rows, tile.cols] for tile in group]).to(self.model.device)
-            self._blend(band, group, self._euler(x, index), plan.weights())
+            self._blend(band, group, self._euler(x, index), weights)
         return band.pop(self.grid[0])
 
     def _euler(self, x: torch.Tensor, index: int) -> torch.Tensor:

@@ -139,8 +139,7 @@ class TilePlan:
         self.tiles = [Tile(image, slice(y, y + self.tile_shape[0]), slice(x, x + self.tile_shape[1]))
                       for y in row_starts for image in range(images) for x in col_starts]
         self.groups = [self.tiles[i:i + tiling.batch] for i in range(0, len(self.tiles), tiling.batch)]
-        self._row_weights = gaussian_bump(self.tile_shape[0]) if len(row_starts) > 1 else None
-        self._col_weights = gaussian_bump(self.tile_shape[1]) if len(col_starts) > 1 else None
+        self._rows_overlap, self._cols_overlap = len(row_starts) > 1, len(col_starts) > 1
 
     def __len__(self) -> int:
         return self.passes * len(self.groups)
@@ -149,8 +148,8 @@ class TilePlan:
         """(h, w) blend weights of a tile ``factor`` times the grid's resolution: a bump along the axes where
         tiles overlap, ones along an axis one tile spans (so that a single tile comes back exactly)."""
         height, width = self.tile_shape[0] * factor, self.tile_shape[1] * factor
-        rows = torch.ones(height) if self._row_weights is None else gaussian_bump(height)
-        cols = torch.ones(width) if self._col_weights is None else gaussian_bump(width)
+        rows = gaussian_bump(height) if self._rows_overlap else torch.ones(height)
+        cols = gaussian_bump(width) if self._cols_overlap else torch.ones(width)
         return rows[:, None] * cols[None, :]
 
     def final_rows(self, group_index: int) -> int:

@@ -35,8 +35,6 @@ from ..errors import CheckpointError
 from ..families import CROSS_ATTENTION_WIDTHS, SD21_BASE
 from ..weights_file import SD_SINGLE_FILE, WeightsFile, read_weights_file
 
-BASE_MODEL_HELP = SD21_BASE.help
-
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.model."
@@ -124,34 +122,34 @@ def check_single_file(path: PathLike, *, in_channels: int = SD21_BASE.in_channel
 
     if holds("conditioner.embedders."):
         raise CheckpointError(f"{name} is an SDXL checkpoint (it has conditioner.embedders.*), not SD 2.x. "
-                              f"{BASE_MODEL_HELP}")
+                              f"{SD21_BASE.help}")
     if file.kind != SD_SINGLE_FILE:
         raise CheckpointError(f"{name} is not a Stable Diffusion single-file checkpoint: it looks like a "
-                              f"{file.kind}. {BASE_MODEL_HELP}")
+                              f"{file.kind}. {SD21_BASE.help}")
     if not holds(UNET_PREFIX + "input_blocks."):
         raise CheckpointError(f"{name} holds a diffusion model of another architecture (no UNet input_blocks; "
-                              f"SD3, Flux or similar). {BASE_MODEL_HELP}")
+                              f"SD3, Flux or similar). {SD21_BASE.help}")
     if holds("cond_stage_model.transformer."):
         raise CheckpointError(f"{name} is an SD 1.x checkpoint (CLIP ViT-L text encoder, "
-                              f"cond_stage_model.transformer.*), not SD 2.x. {BASE_MODEL_HELP}")
+                              f"cond_stage_model.transformer.*), not SD 2.x. {SD21_BASE.help}")
     conv_in = file.tensors.get(UNET_PREFIX + "input_blocks.0.0.weight")
     found_channels = conv_in["shape"][1] if conv_in else in_channels  # if absent, the fit check names it
     if found_channels != in_channels:
         what = _IN_CHANNEL_VARIANTS.get(found_channels, f"a UNet with {found_channels} input channels")
         raise CheckpointError(f"{name} is {what}, not the {in_channels}-channel text-to-image SD 2.1-base. "
-                              f"{BASE_MODEL_HELP}")
+                              f"{SD21_BASE.help}")
     context = _cross_attention_width(file)
     if context is not None and context != cross_attention_dim:
         family = CROSS_ATTENTION_WIDTHS.get(context, "not SD 2.x")
         raise CheckpointError(f"{name} has a UNet with cross-attention width {context} ({family}) where SD 2.x "
-                              f"has {cross_attention_dim}. {BASE_MODEL_HELP}")
+                              f"has {cross_attention_dim}. {SD21_BASE.help}")
     if holds(UNET_PREFIX + "label_emb."):
         raise CheckpointError(f"{name} is a class-conditioned SD 2.x variant (unCLIP or similar: its UNet has "
-                              f"label_emb.*), not SD 2.1-base. {BASE_MODEL_HELP}")
+                              f"label_emb.*), not SD 2.1-base. {SD21_BASE.help}")
     for prefix, part in ((VAE_PREFIX, "VAE"), (TEXT_PREFIX, "OpenCLIP text encoder")):
         if not holds(prefix):
             raise CheckpointError(f"{name} holds no {part} ({prefix}*): it is not a complete SD 2.1 checkpoint. "
-                                  f"{BASE_MODEL_HELP}")
+                                  f"{SD21_BASE.help}")
     if _looks_v_prediction(file):
         warnings.warn(f"{name} looks like an SD 2.x 768-v (v-prediction) model. It loads, but FlowSR was "
                       "trained on SD 2.1-base (512, epsilon prediction): results may be worse; prefer "
@@ -191,13 +189,13 @@ def _check_fit(what: str, model: nn.Module, sources: Dict[str, Source], shapes: 
     unexpected = sorted(sources[name].key for name in sources.keys() - params.keys())
     if missing or unexpected:
         raise CheckpointError(f"the {what} in {path.name} does not match the SD 2.1-base {what}: "
-                              f"missing {_few(missing)}; unexpected {_few(unexpected)}. {BASE_MODEL_HELP}")
+                              f"missing {_few(missing)}; unexpected {_few(unexpected)}. {SD21_BASE.help}")
     for name, param in params.items():
         source = sources[name]
         if not _fits(_source_shape(source, shapes), tuple(param.shape)):
             raise CheckpointError(f"the {what} in {path.name} does not match the SD 2.1-base {what}: "
                                   f"{source.key} has shape {list(shapes[source.key])} where {name} needs "
-                                  f"{list(param.shape)}; it was made for another architecture. {BASE_MODEL_HELP}")
+                                  f"{list(param.shape)}; it was made for another architecture. {SD21_BASE.help}")
 
 
 def _few(names: Sequence[str], shown: int = 3) -> str:

@@ -3,11 +3,13 @@ processes that survives one of them being killed."""
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from PIL import Image
 
 from flowsr import jobs
 from flowsr.cli import main
+from flowsr.image_rules import PLAIN_PIL_MODES
 from flowsr.imagefiles import TEMPORARY_SUFFIX, save_picture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +62,34 @@ def test_batches_group_equal_sizes_in_input_order(tmp_path):
         ["img00.png", "img02.png"], ["img03.png"], ["img01.png", "img04.png"]]
 
 
+def test_only_plain_modes_share_batches(tmp_path):
+    tasks = []
+    for index, mode in enumerate(["P", "P", "LA", "LA", "CMYK", "CMYK"]):
+        path = tmp_path / f"{index}.{'tif' if mode == 'CMYK' else 'png'}"
+        Image.new("RGB", (8, 8), (200, 30, 40)).convert(mode).save(path)
+        tasks.append(jobs.Task(path, tmp_path / "out" / path.name))
+    batches = jobs.sized_batches(tasks, 2.0, 4, jobs.Report())
+    assert sorted(len(batch) for batch in batches) == [1, 1, 1, 1, 2]
+
+
+@pytest.mark.parametrize("mode", sorted(PLAIN_PIL_MODES))
+def test_plain_modes_stacked_equal_one_at_a_time(tiny_pipeline, mode):
+    generator = np.random.default_rng(0)
+    images = [Image.fromarray(generator.integers(0, 255, (8, 8, 4), np.uint8)).convert(mode) for _ in range(2)]
+    stacked = jobs.upscale_images(tiny_pipeline, images, dict(scale=2), SimpleNamespace(network_calls=None))
+    for image, result in zip(images, stacked):
+        alone = tiny_pipeline.upscale(image, scale=2)
+        assert result.mode == alone.mode == mode
+        np.testing.assert_array_equal(np.asarray(result), np.asarray(alone))
+
+
+def test_a_job_is_planned_without_importing_torch():
+    """The command line answers bad input fast: jobs and the image rules it reads must stay torch-free."""
+    probe = "import sys, flowsr.jobs, flowsr.image_rules; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
 def test_batched_outputs_equal_one_at_a_time(tiny_checkpoint, tmp_path):
     write_images(tmp_path / "in", [(16, 12)] * 3 + [(10, 10)])
     common = ["--checkpoint", str(tiny_checkpoint), "--scale", "2"]
@@ -79,6 +110,18 @@ def test_resume_skips_finished_outputs_and_plain_runs_replace_them(tiny_checkpoi
     assert "2 written" not in capsys.readouterr().out and Image.open(out / "img01.png").size == (5, 5)
     assert main(command) == 0
     assert "3 written" in capsys.readouterr().out and Image.open(out / "img01.png").size == (32, 32)
+
+
+def test_resume_in_place_upscales_the_inputs_and_still_skips_finished_outputs(tiny_checkpoint, tmp_path, capsys):
+    """An existing output that is its own input (--overwrite-inputs) is not a finished output."""
+    in_place = write_images(tmp_path / "photos", [(8, 8)])[0]
+    elsewhere = write_images(tmp_path / "other", [(8, 8)] * 2)[1]
+    finished = tmp_path / "photos" / elsewhere.name
+    Image.new("RGB", (5, 5)).save(finished)
+    assert main(["upscale", str(in_place), str(elsewhere), "-o", str(tmp_path / "photos"), "--resume",
+                 "--overwrite-inputs", "--scale", "2", "--checkpoint", str(tiny_checkpoint)]) == 0
+    assert "1 written" in capsys.readouterr().out
+    assert Image.open(in_place).size == (16, 16) and Image.open(finished).size == (5, 5)
 
 
 def test_resume_removes_what_a_killed_writer_left_of_its_outputs(tiny_checkpoint, tmp_path):
@@ -107,6 +150,24 @@ def test_an_interrupted_save_leaves_the_old_file_and_no_temporary(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         save_picture(Image.new("RGB", (64, 64), "blue"), path)
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_what_any_new_file_gets_and_the_umask_is_left_alone(tmp_path, monkeypatch, umask):
+    def no_umask(mask):
+        raise AssertionError("os.umask sets the mask of the whole process (every thread) to read it")
+
+    previous = os.umask(umask)
+    try:
+        monkeypatch.setattr(os, "umask", no_umask)
+        save_picture(Image.new("RGB", (4, 4)), tmp_path / "out.png")
+        (tmp_path / "plain").touch()
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o666 & ~umask
 
 
 def _save_repeatedly(image, path, times=20):

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from flowsr import lora
 from flowsr.check import check_weights
+from flowsr.loading import load_model
 from flowsr.weights_file import FLOWSR_LORA_KEY, read_weights_file
 from flowsr.errors import CheckpointError
 
@@ -192,6 +193,8 @@ def test_inconsistent_metadata(tmp_path, fields, names, message):
     path = write_raw(tmp_path / "m.safetensors", {"a": torch.zeros(4, 32)}, fields, names)
     with pytest.raises(CheckpointError, match=message):
         lora.read_lora(path)
+    with pytest.raises(CheckpointError, match=f"m.safetensors is not a usable FlowSR checkpoint: .*{message}"):
+        load_model(path, device="cpu")
     assert any(message.split(" ")[0] in p for p in check_weights(path).problems)
 
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from flowsr import BadInputError, Cancelled, FlowSRPipeline, OutOfMemoryError, flow
+from flowsr.image_rules import checked_output_size
 from flowsr.models.base import FlowSRModel
 from flowsr.models.tiny import TinyFlowSR
 from flowsr.resample import padded_positions
@@ -266,6 +267,13 @@ def test_fp16_on_the_cpu_is_refused_with_what_to_use_instead():
     with pytest.raises(BadInputError, match="fp16 on the CPU.*use fp32"):
         resolve_dtype("fp16", "cpu")
     assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("bf16", "cpu") == torch.bfloat16
+
+
+def test_an_output_beyond_the_pixel_limit_is_refused_before_any_work(tiny_pipeline):
+    assert checked_output_size(4096, 4096, 8) == (32768, 32768)  # exactly MAX_OUTPUT_PIXELS: allowed
+    huge = torch.zeros(1, 3, 1, 1).expand(1, 3, 4097, 4096)  # no memory behind it: nothing may read it
+    with pytest.raises(BadInputError, match="4096x4097 pixels at scale 8 make a 32768x32776 output, more than"):
+        tiny_pipeline.upscale_tensor(huge, scale=8, cancel=lambda: True)  # if let through: no network call
 
 
 def test_an_array_with_nan_values_is_refused_naming_them(tiny_pipeline):

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from flowsr.tiling import Band, TilePlan, Tiling, downscale_to_fit, shared_group_norm_statistics, tile_starts
+from flowsr.tiling import Band, TilePlan, Tiling, downscale_to_fit, gaussian_bump, shared_group_norm_statistics, \
+    tile_starts
 
 
 @pytest.mark.parametrize("size,tile,overlap", [(10, 16, 4), (16, 16, 4), (17, 16, 4), (100, 32, 8), (33, 16, 15)])
@@ -52,6 +53,14 @@ def test_a_single_tile_comes_back_exactly():
     x = torch.randn(2, 3, 8, 8)
     plan = TilePlan((8, 8), 2, Tiling(0, 0), passes=1)
     assert plan.whole and torch.equal(blend(plan, torch.sin, x), x.sin())
+
+
+def test_weights_bump_only_along_the_axes_where_tiles_overlap():
+    rows_tiled = TilePlan((40, 8), 1, Tiling(16, 4), passes=1).weights(2)  # tiles overlap along the rows only
+    assert torch.equal(rows_tiled, gaussian_bump(32)[:, None].expand(32, 16))
+    cols_tiled = TilePlan((8, 40), 1, Tiling(16, 4), passes=1).weights(2)
+    assert torch.equal(cols_tiled, rows_tiled.T)
+    assert torch.equal(TilePlan((8, 8), 1, Tiling(16, 4), passes=1).weights(), torch.ones(8, 8))
 
 
 def test_plan_length_counts_every_network_call():
