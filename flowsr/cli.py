@@ -49,7 +49,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     """How a job treats existing files and batches its images (not options of the upscaling itself)."""
     parser.add_argument("--resume", action="store_true",
                         help="skip inputs whose output already exists (outputs are written whole, so an existing "
-                             "one is finished; an output that is its own input does not count); without it "
+                             "one is finished; refused for outputs that replace their input); without it "
                              "existing outputs are replaced")
     parser.add_argument("--overwrite-inputs", action="store_true",
                         help="allow an output to replace its own input (refused otherwise)")
@@ -71,7 +71,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     from .pipeline import FlowSRPipeline
 
     options = upscale_options(args)
-    tasks = jobs.plan(args.inputs, args.output, overwrite_inputs=args.overwrite_inputs)
+    tasks = jobs.plan(args.inputs, args.output, overwrite_inputs=args.overwrite_inputs, resume=args.resume)
     shard = jobs.Shard.from_environment()
     connected = shard.connect()
     job = jobs.Job(tasks, shard, options, resume=args.resume, batch_size=args.batch_size, connected=connected)

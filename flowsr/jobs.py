@@ -108,15 +108,20 @@ def plan_tasks(images: Sequence[Path], output: Path) -> list[Task]:
     return [Task(image, output / f"{name}.png") for image, name in zip(images, names)]
 
 
-def check_destinations(tasks: Sequence[Task], overwrite_inputs: bool) -> None:
+def check_destinations(tasks: Sequence[Task], overwrite_inputs: bool, resume: bool = False) -> None:
     """Refuse, before any work, outputs that would replace an input or that cannot be files."""
     inputs = {os.path.realpath(task.source) for task in tasks}
     for task in tasks:
         if task.destination.is_dir():
             raise BadInputError(f"the output {task.destination} is a folder; name a file, or a folder for many images")
-        if not overwrite_inputs and os.path.realpath(task.destination) in inputs:
+        if os.path.realpath(task.destination) not in inputs:
+            continue
+        if not overwrite_inputs:
             raise BadInputError(f"the output {task.destination} is an input; choose another output, or pass "
                                 "--overwrite-inputs to replace the input with its upscaled version")
+        if resume:  # in place, nothing tells an upscaled file from one not yet done: a resume would upscale twice
+            raise BadInputError(f"the output {task.destination} is an input, so --resume cannot tell whether it "
+                                "was already upscaled; write the outputs to another folder, or leave out --resume")
 
 
 def prepare_folders(tasks: Sequence[Task]) -> None:
@@ -135,10 +140,10 @@ def prepare_folders(tasks: Sequence[Task]) -> None:
                                 "choose a folder you can write to") from None
 
 
-def plan(inputs: Sequence[Path], output: Path, overwrite_inputs: bool = False) -> list[Task]:
+def plan(inputs: Sequence[Path], output: Path, overwrite_inputs: bool = False, resume: bool = False) -> list[Task]:
     """Every task of the job, checked, with its output folder ready."""
     tasks = plan_tasks(collect_images(inputs), output)
-    check_destinations(tasks, overwrite_inputs)
+    check_destinations(tasks, overwrite_inputs, resume)
     prepare_folders(tasks)
     return tasks
 
@@ -206,17 +211,8 @@ def split_done(tasks: Sequence[Task], resume: bool) -> tuple[list[Task], list[Ta
     todo: list[Task] = []
     done: list[Task] = []
     for task in tasks:
-        (done if resume and _has_finished_output(task) else todo).append(task)
+        (done if resume and task.destination.exists() else todo).append(task)
     return todo, done
-
-
-def _has_finished_output(task: Task) -> bool:
-    """Its output exists and is another file than its input: in place (``--overwrite-inputs``), the existing
-    output is the input itself, which says nothing of whether it was upscaled."""
-    try:
-        return not os.path.samefile(task.source, task.destination)
-    except OSError:  # no output yet (or the input is gone: reading it will say so)
-        return task.destination.exists()
 
 
 # --- progress -----------------------------------------------------------------------------------------------

@@ -112,16 +112,14 @@ def test_resume_skips_finished_outputs_and_plain_runs_replace_them(tiny_checkpoi
     assert "3 written" in capsys.readouterr().out and Image.open(out / "img01.png").size == (32, 32)
 
 
-def test_resume_in_place_upscales_the_inputs_and_still_skips_finished_outputs(tiny_checkpoint, tmp_path, capsys):
-    """An existing output that is its own input (--overwrite-inputs) is not a finished output."""
+def test_resume_is_refused_for_outputs_that_replace_their_input(tiny_checkpoint, tmp_path, capsys):
+    """In place, an existing output says nothing of whether it was upscaled: a resume would upscale twice."""
     in_place = write_images(tmp_path / "photos", [(8, 8)])[0]
-    elsewhere = write_images(tmp_path / "other", [(8, 8)] * 2)[1]
-    finished = tmp_path / "photos" / elsewhere.name
-    Image.new("RGB", (5, 5)).save(finished)
-    assert main(["upscale", str(in_place), str(elsewhere), "-o", str(tmp_path / "photos"), "--resume",
-                 "--overwrite-inputs", "--scale", "2", "--checkpoint", str(tiny_checkpoint)]) == 0
-    assert "1 written" in capsys.readouterr().out
-    assert Image.open(in_place).size == (16, 16) and Image.open(finished).size == (5, 5)
+    command = ["upscale", str(in_place), "-o", str(tmp_path / "photos"), "--overwrite-inputs", "--scale", "2",
+               "--checkpoint", str(tiny_checkpoint)]
+    assert main([*command, "--resume"]) == 2
+    assert "--resume cannot tell" in capsys.readouterr().err and Image.open(in_place).size == (8, 8)
+    assert main(command) == 0 and Image.open(in_place).size == (16, 16)
 
 
 def test_resume_removes_what_a_killed_writer_left_of_its_outputs(tiny_checkpoint, tmp_path):
