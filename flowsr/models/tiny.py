@@ -39,10 +39,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "norm_num_groups": 32,
         "add_attention": False,  # convolutions only: the same result whatever the tile or image size
     },
-    # Inputs are padded to at least the training crops' latent side (128 px at x4): a 1x1 flat input came back
-    # with colours off by up to 52 levels unpadded, by 5-6 padded to this (version 2; issue #11).
-    "min_latent_side": 32,
 }
+
+#: Inputs are padded to at least this many latent pixels a side unless the config says otherwise: the trainer's
+#: crops (128 px at x4). A 1x1 flat input came back off by up to 52 levels unpadded, by 5-6 padded to this.
+MIN_LATENT_SIDE = 32
 
 
 class TinyFlowSR(FlowSRModel):
@@ -62,7 +63,7 @@ class TinyFlowSR(FlowSRModel):
         unet_config = dict(self.config["unet"])
         downsamples = len(unet_config["block_out_channels"]) - 1
         self.pad_multiple = self.latent_factor * 2 ** downsamples
-        self.min_latent_side = int(self.config.get("min_latent_side", 0))
+        self.min_latent_side = int(self.config.get("min_latent_side", MIN_LATENT_SIDE))
         self.autoencoder = nn.Identity()
         self.denoiser = UNet2DModel(in_channels=self.latent_channels, out_channels=self.latent_channels,
                                     **unet_config)

@@ -9,6 +9,7 @@ TINY_CONFIG = {
     "latent_factor": 4,
     "unet": {"block_out_channels": [16, 32], "down_block_types": ["DownBlock2D"] * 2,
              "up_block_types": ["UpBlock2D"] * 2, "layers_per_block": 1, "norm_num_groups": 8},
+    "min_latent_side": 0,  # images as small as the tests' own, unpadded
 }
 
 

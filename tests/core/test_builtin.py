@@ -1,5 +1,5 @@
 """The model that ships inside the package: it loads with no arguments, upscales the README's example, and
-its tiles leave no seams (>= 35 dB against the untiled result)."""
+its tiles leave no seams (>= 35 dB against the untiled result), and tiny flat inputs stay near their colour."""
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +49,12 @@ def test_builtin_tiles_leave_no_seams(builtin):
     whole = np.asarray(builtin.upscale(image, scale=4, tile_size=0))
     tiled = np.asarray(builtin.upscale(image, scale=4, tile_size=64, tile_overlap=16, tile_batch=2))
     assert psnr(whole, tiled) >= 35
+
+
+@pytest.mark.parametrize("colour,size", [((200, 30, 30), (1, 1)), ((128, 128, 128), (4, 4))])
+def test_builtin_keeps_tiny_flat_inputs_near_their_colour(builtin, colour, size):
+    """Padded to the network's least latent side, a tiny flat input is answered like a flat area, not like the
+    border of an image (up to 52 levels off unpadded with version 2; issue #11)."""
+    out = np.asarray(builtin.upscale(Image.new("RGB", size, colour), scale=4)).astype(int)
+    assert out.shape == (4 * size[1], 4 * size[0], 3)
+    assert np.abs(out - np.array(colour)).max() <= 8
