@@ -27,6 +27,8 @@ _PIL_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 # ITU-R BT.601 luma: how a grey output is taken from the RGB the model produces.
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
+#: Float pixels further than this outside [0, 1] are on another scale, not the overshoot of some arithmetic.
+FLOAT_SLACK = 0.5
 
 
 @dataclass
@@ -95,16 +97,27 @@ def _from_numpy(array: np.ndarray) -> Batch:
     else:
         raise BadInputError(f"numpy images must be uint8, uint16 or float in [0, 1], got {dtype}")
     pixels = torch.from_numpy(np.ascontiguousarray(batched, dtype=np.float32) / peak).permute(0, 3, 1, 2)
+    check_float_range(pixels)
     rgb, alpha, grey = split_channels(pixels.clamp(0, 1))
     return Batch(rgb, alpha, grey, "numpy", dtype, peak, array.ndim)
+
+
+def check_float_range(pixels: torch.Tensor) -> None:
+    """Refuse pixels far outside [0, 1]: they are on another scale (0..255), and clamped they would be a white
+    image. A little overshoot, from other nodes' arithmetic, is clamped. NaN is the pipeline's to name."""
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
+        raise BadInputError(f"the image's values run from {low:g} to {high:g}, but float images are read in [0, 1]; "
+                            "divide an image in 0..255 by 255 first")
 
 
 def _from_torch(tensor: torch.Tensor) -> Batch:
     """CHW or BCHW float tensors in [0, 1]."""
     if tensor.ndim not in (3, 4) or not tensor.is_floating_point():
         raise BadInputError(f"tensors must be float CHW or BCHW in [0, 1], got {tuple(tensor.shape)} {tensor.dtype}")
-    pixels = (tensor[None] if tensor.ndim == 3 else tensor).detach().float().cpu().clamp(0, 1)
-    rgb, alpha, grey = split_channels(pixels)
+    pixels = (tensor[None] if tensor.ndim == 3 else tensor).detach().float().cpu()
+    check_float_range(pixels)
+    rgb, alpha, grey = split_channels(pixels.clamp(0, 1))
     return Batch(rgb, alpha, grey, "torch", tensor.dtype, 1.0, tensor.ndim, tensor.device)
 
 

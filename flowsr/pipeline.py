@@ -20,7 +20,7 @@ from .color import MARGINS, Statistics, apply_color_fix, channel_statistics
 from .devices import empty_cache, free_memory, is_out_of_memory, resolve_device, resolve_dtype
 from .errors import BadInputError, Cancelled, OutOfMemoryError
 from .image_rules import checked_output_size
-from .images import ImageLike, Output, to_batch
+from .images import ImageLike, Output, check_float_range, to_batch
 from .models.base import FlowSRModel
 from .options import SCALE, check_option, check_upscale_options
 from .resample import padded_positions, resize_region
@@ -128,6 +128,7 @@ class FlowSRPipeline:
         if pixels.is_floating_point() and bool(torch.isnan(pixels).any()):
             raise BadInputError(f"the image holds {int(torch.isnan(pixels).sum())} NaN (not-a-number) values; "
                                 "replace them (e.g. numpy.nan_to_num) before upscaling")
+        check_float_range(pixels)
         return size
 
     def _tiling(self, size: tuple[int, int], tile_size, tile_overlap, tile_batch) -> Tiling:

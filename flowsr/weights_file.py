@@ -121,7 +121,8 @@ def _not_safetensors_message(path: Path, head: bytes) -> str:
         return f"{path} is a web page, not weights: the download saved an error page; download the file itself"
     if head.startswith(b"version https://git-lfs"):
         return f"{path} is a git-lfs pointer, not weights: run `git lfs pull` or download the file itself"
-    return f"{path} is not a safetensors file (its first bytes are {head[:16]!r}); download it again"
+    return (f"{path} is not a safetensors file (its first bytes are {head[:16]!r}); name a .safetensors weights "
+            "file, or download it again if it is one")
 
 
 def _kind_of(file: WeightsFile) -> str:

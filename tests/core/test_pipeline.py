@@ -189,6 +189,18 @@ def test_tiny_inputs_are_padded_to_the_least_latent_side_the_network_knows(image
     assert (pipeline.upscale_tensor(small, scale=4, tile_size=0, color_fix="none") - expected).abs().max() < 1 / 510
 
 
+def test_float_images_on_the_0_255_scale_are_refused_and_small_overshoot_is_taken(tiny_pipeline):
+    on_255_scale = np.full((6, 5, 3), 200.0, np.float32)
+    with pytest.raises(BadInputError, match="divide an image in 0..255 by 255"):
+        tiny_pipeline.upscale(on_255_scale, scale=2)
+    with pytest.raises(BadInputError, match="divide an image in 0..255 by 255"):
+        tiny_pipeline.upscale(torch.full((3, 6, 5), 200.0), scale=2)
+    with pytest.raises(BadInputError, match="run from 200 to 200"):
+        tiny_pipeline.upscale_tensor(torch.full((1, 3, 6, 5), 200.0), scale=2)
+    overshoot = np.full((6, 5, 3), 1.02, np.float32)
+    assert tiny_pipeline.upscale(overshoot, scale=2).shape == (12, 10, 3)
+
+
 @pytest.mark.parametrize("options,message", [
     (dict(scale=0), "scale"), (dict(scale=9), "scale"), (dict(steps=0), "steps"), (dict(schedule="ddim"), "schedule"),
     (dict(color_fix="auto"), "colour fix"), (dict(tile_size=4), "tile size"),
