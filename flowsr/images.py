@@ -97,14 +97,18 @@ def _from_numpy(array: np.ndarray) -> Batch:
     else:
         raise BadInputError(f"numpy images must be uint8, uint16 or float in [0, 1], got {dtype}")
     pixels = torch.from_numpy(np.ascontiguousarray(batched, dtype=np.float32) / peak).permute(0, 3, 1, 2)
-    check_float_range(pixels)
+    if np.issubdtype(dtype, np.floating):  # integers are in range by their type
+        check_float_range(pixels)
     rgb, alpha, grey = split_channels(pixels.clamp(0, 1))
     return Batch(rgb, alpha, grey, "numpy", dtype, peak, array.ndim)
 
 
 def check_float_range(pixels: torch.Tensor) -> None:
     """Refuse pixels far outside [0, 1]: they are on another scale (0..255), and clamped they would be a white
-    image. A little overshoot, from other nodes' arithmetic, is clamped. NaN is the pipeline's to name."""
+    image. A little overshoot, from other nodes' arithmetic, is clamped. NaN and emptiness are the pipeline's to
+    name."""
+    if pixels.numel() == 0:
+        return
     low, high = float(pixels.min()), float(pixels.max())
     if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
         raise BadInputError(f"the image's values run from {low:g} to {high:g}, but float images are read in [0, 1]; "

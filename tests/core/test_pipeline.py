@@ -220,6 +220,9 @@ def test_bad_shapes_and_kinds(tiny_pipeline):
         tiny_pipeline.upscale([[0, 1]])
     with pytest.raises(BadInputError, match="uint8"):
         tiny_pipeline.upscale(np.zeros((4, 4, 3), dtype=np.int64))
+    for empty in (np.zeros((0, 5, 3), np.float32), np.zeros((0, 5, 3), np.uint8), torch.zeros(3, 0, 5)):
+        with pytest.raises(BadInputError, match="empty"):
+            tiny_pipeline.upscale(empty)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "CMYK", "1"])
