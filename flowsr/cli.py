@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import FlowSRError, BadInputError, CheckpointError
-from .families import FAMILIES
+from .families import SD21_BASE
 from .options import UPSCALE_OPTIONS, add_upscale_options, check_upscale_options, cli_labels
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output file (one input image) or folder (created if missing)")
     up.add_argument("--checkpoint", help="flowsr.safetensors (public weights) or a small-model file; "
                                          "default: the built-in small model")
-    up.add_argument("--base-model", help=f"{FAMILIES[0].name} for the public weights: a diffusers folder, a "
+    up.add_argument("--base-model", help=f"{SD21_BASE.name} for the public weights: a diffusers folder, a "
                                          "single-file .safetensors, or a hub id (with --allow-download)")
     up.add_argument("--allow-download", action="store_true", help="let --base-model be fetched from the hub")
     add_upscale_options(up)

@@ -172,9 +172,8 @@ def _out_of_memory_advice(device: torch.device) -> str:
 def padded_side(side: int, model: FlowSRModel) -> int:
     """An image side after the pre-processing's padding: a multiple of the model's ``pad_multiple``, and at
     least its ``min_latent_side``."""
-    multiple = model.pad_multiple
-    least = -(-model.min_latent_side * model.latent_factor // multiple) * multiple
-    return max(-(-side // multiple) * multiple, least)
+    side = max(side, model.min_latent_side * model.latent_factor)
+    return -(-side // model.pad_multiple) * model.pad_multiple
 
 
 class _Run:
