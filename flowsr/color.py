@@ -4,6 +4,7 @@ One-step diffusion super-resolution drifts in colour; FlowSR, like StableSR and 
 the LR input resized (bicubic) to the output size. All functions take and return (B, 3, H, W) tensors.
 The wavelet fix is local (:data:`MARGINS` says how far it reads), so it runs on rectangles of the output;
 adain needs whole-image statistics, which the pipeline takes from small copies when the image is tiled.
+Both also keep exactly flat areas of the input exactly flat (:func:`keep_flat_areas`).
 """
 from __future__ import annotations
 
@@ -14,8 +15,15 @@ import torch.nn.functional as F
 
 COLOR_FIXES = ("wavelet", "adain", "none")
 WAVELET_LEVELS = 5
-#: How far (pixels) each fix reads beyond the pixel it sets: the wavelet's dilations 1 + 2 + ... + 16.
-MARGINS = {"wavelet": 2 ** WAVELET_LEVELS - 1, "adain": 0, "none": 0}
+#: A pixel is in a flat area when the reference varies by at most this much (0.5 of 255 levels) ...
+FLAT_TOLERANCE = 0.5 / 255
+#: ... within this many pixels around it; and the output fades from the model's to the flat colour over a
+#: box of FLAT_RAMP pixels around each side, so no line shows where a flat area starts.
+FLAT_RADIUS, FLAT_RAMP = 8, 4
+#: How far (pixels) each fix reads beyond the pixel it sets: the wavelet's dilations 1 + 2 + ... + 16, and the
+#: flat-area rule's window.
+MARGINS = {"wavelet": max(2 ** WAVELET_LEVELS - 1, FLAT_RADIUS + FLAT_RAMP), "adain": FLAT_RADIUS + FLAT_RAMP,
+           "none": 0}
 
 Statistics = tuple[torch.Tensor, torch.Tensor]
 """Per-channel (mean, standard deviation), each (B, 3, 1, 1)."""
@@ -66,13 +74,33 @@ def adain_color_fix(content: torch.Tensor, reference: torch.Tensor, statistics: 
     return (content - content_mean) / content_std * reference_std + reference_mean
 
 
+def keep_flat_areas(content: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Where the reference is flat around a pixel (:data:`FLAT_TOLERANCE` within :data:`FLAT_RADIUS`), the
+    output takes the reference's colour. A flat input must come back flat, and no network answers a constant
+    exactly: the built-in model leaves pattern noise of up to 4 levels inside a flat grey and 9 at its border."""
+    spread = _local_max(reference, FLAT_RADIUS) + _local_max(-reference, FLAT_RADIUS)
+    flat = (spread.amax(1, keepdim=True) <= FLAT_TOLERANCE).float()
+    weight = F.avg_pool2d(F.pad(flat, (FLAT_RAMP,) * 4, mode="replicate"), 2 * FLAT_RAMP + 1, stride=1)
+    return torch.lerp(content, reference, weight)  # exact at both ends of the weight
+
+
+def _local_max(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """The maximum over the (2 radius + 1)-pixel square around each pixel, cut at the image's edges; as a row
+    pass and a column pass (the square is separable)."""
+    rows = F.max_pool2d(image, (1, 2 * radius + 1), stride=1, padding=(0, radius))
+    return F.max_pool2d(rows, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
+
+
 def apply_color_fix(content: torch.Tensor, reference: torch.Tensor, method: str,
                     statistics: Optional[tuple[Statistics, Statistics]] = None) -> torch.Tensor:
-    """Apply ``method`` (one of :data:`COLOR_FIXES`) in fp32; ``statistics`` as :func:`adain_color_fix` takes."""
+    """Apply ``method`` (one of :data:`COLOR_FIXES`) in fp32, then keep flat areas flat (but for ``none``, which
+    keeps the model's output as it is); ``statistics`` as :func:`adain_color_fix` takes."""
     if method == "none":
         return content
     if method == "wavelet":
-        return wavelet_color_fix(content.float(), reference.float()).to(content.dtype)
-    if method == "adain":
-        return adain_color_fix(content.float(), reference.float(), statistics).to(content.dtype)
-    raise ValueError(f"unknown colour fix {method!r}; choose one of {COLOR_FIXES}")
+        fixed = wavelet_color_fix(content.float(), reference.float())
+    elif method == "adain":
+        fixed = adain_color_fix(content.float(), reference.float(), statistics)
+    else:
+        raise ValueError(f"unknown colour fix {method!r}; choose one of {COLOR_FIXES}")
+    return keep_flat_areas(fixed, reference.float()).to(content.dtype)

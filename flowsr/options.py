@@ -94,8 +94,8 @@ TILE_OVERLAP = Option("tile_overlap", int, None, "Latent pixels that neighbourin
 TILE_BATCH = Option("tile_batch", int, None, "Tiles per network call.", minimum=1, maximum=64,
                     automatic="from free memory (1 where unknown)")
 COLOR_FIX = Option("color_fix", str, "wavelet", "Match colours to the input: wavelet keeps the output's detail "
-                   "and the input's colour (recommended), adain matches each channel's mean and spread, none "
-                   "keeps the model's colours.", choices=COLOR_FIXES)
+                   "and the input's colour (recommended), adain matches each channel's mean and spread; both keep "
+                   "flat areas of the input flat. none keeps the model's output as it is.", choices=COLOR_FIXES)
 SEED = Option("seed", int, None, "Sample the encoder's latent with this seed, as the reference implementation "
               "does (slightly different grain per seed).", minimum=0, maximum=MAX_SEED,
               automatic="the mean of the encoder's latent (no sampling), the same output every run")
