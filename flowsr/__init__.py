@@ -24,3 +24,8 @@ def __getattr__(name: str):
 
         return FlowSRPipeline
     raise AttributeError(f"module 'flowsr' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """``dir(flowsr)`` lists the lazily imported ``FlowSRPipeline`` too (tab completion finds it)."""
+    return sorted(set(globals()) | set(__all__))

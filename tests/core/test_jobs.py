@@ -90,6 +90,13 @@ def test_a_job_is_planned_without_importing_torch():
     assert result.stdout.strip() == "False"
 
 
+def test_the_package_lists_its_lazy_pipeline_without_importing_torch():
+    """``dir(flowsr)`` (tab completion) shows ``FlowSRPipeline``, which is imported on first use only."""
+    probe = "import sys, flowsr; print('FlowSRPipeline' in dir(flowsr), 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "True False"
+
+
 def test_batched_outputs_equal_one_at_a_time(tiny_checkpoint, tmp_path):
     write_images(tmp_path / "in", [(16, 12)] * 3 + [(10, 10)])
     common = ["--checkpoint", str(tiny_checkpoint), "--scale", "2"]
