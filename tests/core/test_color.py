@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flowsr.color import (FLAT_RADIUS, FLAT_RAMP, MARGINS, adain_color_fix, apply_color_fix, channel_statistics,
-                          keep_flat_areas, wavelet_blur, wavelet_color_fix, wavelet_split)
+from flowsr.color import (FLAT_RADIUS, FLAT_RAMP, MARGINS, _local_max, adain_color_fix, apply_color_fix,
+                          channel_statistics, keep_flat_areas, wavelet_blur, wavelet_color_fix, wavelet_split)
 
 
 def test_wavelet_split_is_exact_and_low_is_smooth():
@@ -96,3 +96,10 @@ def test_wavelet_blur_is_the_dilated_3x3_binomial_kernel_with_replicate_padding(
     padded = F.pad(image, (dilation,) * 4, mode="replicate")
     expected = F.conv2d(padded, kernel, groups=3, dilation=dilation)
     assert torch.allclose(wavelet_blur(image, dilation), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 5, 8])
+def test_local_max_is_the_max_pool_cut_at_the_edges(radius):
+    image = half_flat_reference(top=30)[..., :77]
+    pooled = F.max_pool2d(image, 2 * radius + 1, stride=1, padding=radius)  # pads with -inf: cut at the edges
+    assert torch.equal(_local_max(image, radius), pooled)
