@@ -110,10 +110,11 @@ def apply_color_fix(content: torch.Tensor, reference: torch.Tensor, method: str,
     keeps the model's output as it is); ``statistics`` as :func:`adain_color_fix` takes."""
     if method == "none":
         return content
+    content32, reference32 = content.float(), reference.float()
     if method == "wavelet":
-        fixed = wavelet_color_fix(content.float(), reference.float())
+        fixed = wavelet_color_fix(content32, reference32)
     elif method == "adain":
-        fixed = adain_color_fix(content.float(), reference.float(), statistics)
+        fixed = adain_color_fix(content32, reference32, statistics)
     else:
         raise ValueError(f"unknown colour fix {method!r}; choose one of {COLOR_FIXES}")
-    return keep_flat_areas(fixed, reference.float()).to(content.dtype)
+    return keep_flat_areas(fixed, reference32).to(content.dtype)
