@@ -91,10 +91,15 @@ class ComfyPage:
         return cards
 
     def template_cards(self, pack: str) -> list[dict]:
+        """Each card's name, title, description and its images' widths, once the thumbnails have loaded. An
+        image whose source the page has not set yet also counts as complete, so the wait is for a width."""
         cards = self.open_pack_templates(pack)
-        self.page.wait_for_function(
-            "() => [...document.querySelectorAll(\"[data-testid^='template-workflow-'] img\")]"
-            ".every(image => image.complete)", timeout=30000)
+        try:
+            self.page.wait_for_function(
+                "() => [...document.querySelectorAll(\"[data-testid^='template-workflow-'] img\")]"
+                ".every(image => image.complete && image.naturalWidth > 0)", timeout=30000)
+        except self.timeout_error:  # reported as a card without its thumbnail
+            pass
         return cards.evaluate_all("""cards => cards.map(card => ({
             name: card.dataset.testid.replace('template-workflow-', ''),
             title: card.querySelector('h3')?.innerText.trim(), description: card.querySelector('p')?.innerText.trim(),
