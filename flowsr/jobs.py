@@ -140,8 +140,18 @@ def prepare_folders(tasks: Sequence[Task]) -> None:
                                 "choose a folder you can write to") from None
 
 
+def check_output_name(inputs: Sequence[Path], output: Path) -> None:
+    """One image file in and ``-o out.jgp`` out is a mistyped file name, not a folder to create."""
+    one_file_in = len(inputs) == 1 and inputs[0].is_file()
+    suffix = output.suffix.lower()
+    if one_file_in and suffix and suffix not in IMAGE_SUFFIXES and not output.is_dir():
+        raise BadInputError(f"the output {output} has the suffix {output.suffix!r}, which is not an image type; "
+                            f"name a file ending in one of {sorted(IMAGE_SUFFIXES)}, or an existing folder")
+
+
 def plan(inputs: Sequence[Path], output: Path, overwrite_inputs: bool = False, resume: bool = False) -> list[Task]:
     """Every task of the job, checked, with its output folder ready."""
+    check_output_name(inputs, output)
     tasks = plan_tasks(collect_images(inputs), output)
     check_destinations(tasks, overwrite_inputs, resume)
     prepare_folders(tasks)
@@ -220,8 +230,9 @@ def split_done(tasks: Sequence[Task], resume: bool) -> tuple[list[Task], list[Ta
 class JobProgress:
     """One bar for the whole job, shown by the main process only.
 
-    With one process it counts this process's outputs; with several, a watcher thread counts the outputs of
-    the whole job that appeared since it started (they are written atomically, so they are whole).
+    With one process it counts this process's images as they are written or fail, so a job with failures
+    still ends at 100 %; with several, a watcher thread counts the outputs of the whole job that appeared since
+    it started (they are written atomically, so they are whole), and failures show in the summary only.
     """
 
     def __init__(self, tasks: Sequence[Task], already_done: int, shard: Shard, since_ns: int):
@@ -235,9 +246,10 @@ class JobProgress:
             self._watcher = threading.Thread(target=self._watch, daemon=True)
             self._watcher.start()
 
-    def advance(self) -> None:
-        if self._watcher is None:
-            self.bar.update()
+    def advance(self, images: int = 1) -> None:
+        """``images`` more of this process's images are done with: written, or failed."""
+        if self._watcher is None and images:
+            self.bar.update(images)
 
     def network_calls(self, done: int, total: int) -> None:
         self.bar.set_postfix_str(f"network calls {done}/{total}", refresh=False)
@@ -341,6 +353,7 @@ class Job:
         """
         start = time.perf_counter()
         self.progress = JobProgress(self.all_tasks, self.already_done_everywhere, self.shard, self.counted_ns)
+        self.progress.advance(len(self.report.failures))  # refused from their headers while planning
         try:
             with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="flowsr-read") as readers, \
                     ThreadPoolExecutor(IO_THREADS, thread_name_prefix="flowsr-write") as writers:
@@ -369,7 +382,7 @@ class Job:
         ready = []
         for task, picture in zip(batch, loaded):
             if isinstance(picture, BadInputError):
-                self.report.fail(task, str(picture))
+                self._fail(task, str(picture))
             else:
                 ready.append((task, picture))
         if not ready:
@@ -378,7 +391,7 @@ class Job:
             images = upscale_images(pipe, [picture.image for _, picture in ready], options, self.progress)
         except (FlowSRError, MemoryError) as error:
             if len(ready) == 1:
-                self.report.fail(ready[0][0], _reason(error))
+                self._fail(ready[0][0], _reason(error))
                 return []
             return [result for task, picture in ready  # the batch failed: try its images alone
                     for result in self._upscale_batch(pipe, options, [task], [picture])]
@@ -389,10 +402,14 @@ class Job:
             try:
                 future.result()
             except (OSError, ValueError, FlowSRError) as error:
-                self.report.fail(task, f"cannot write {task.destination} ({error})")
+                self._fail(task, f"cannot write {task.destination} ({error})")
                 continue
             self.report.written += 1
             self.progress.advance()
+
+    def _fail(self, task: Task, reason: str) -> None:
+        self.report.fail(task, reason)
+        self.progress.advance()
 
 
 def _reason(error: BaseException) -> str:

@@ -35,7 +35,9 @@ def test_unreadable_image_is_skipped_and_reported(tiny_checkpoint, photos, tmp_p
     (photos / "broken.png").write_bytes(b"\x89PNG not really")
     code = main(["upscale", str(photos), "-o", str(tmp_path / "out"), "--checkpoint", str(tiny_checkpoint)])
     assert code == 2 and (tmp_path / "out" / "a.png").exists()
-    assert "broken.png" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "broken.png" in error
+    assert "| 3/3 [" in error.split("\r")[-1]  # the bar counts the failed image too: the job ends at 100 %
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -106,15 +108,24 @@ def test_overwrite_inputs_replaces_the_input(tiny_checkpoint, photos):
     assert Image.open(source).size == (32, 24)
 
 
-@pytest.mark.parametrize("output,message", [
-    ("notes.txt", "is a file"), ("notes.txt/sub", "cannot write"), ("folder.png", "is a folder")])
-def test_unusable_outputs_are_refused_before_any_work(photos, tmp_path, capsys, no_model_loading, output, message):
+@pytest.mark.parametrize("source,output,message", [
+    ("a.png", "notes.txt", "not an image type"), ("a.png", "big.jgp", "not an image type"),
+    (".", "notes.txt", "is a file"), ("a.png", "notes.txt/sub", "cannot write"), ("a.png", "folder.png", "is a folder")])
+def test_unusable_outputs_are_refused_before_any_work(photos, tmp_path, capsys, no_model_loading, source, output,
+                                                      message):
     (tmp_path / "notes.txt").write_text("keep me")
     (tmp_path / "folder.png").mkdir()
-    assert main(["upscale", str(photos / "a.png"), "-o", str(tmp_path / output)]) == 2
+    assert main(["upscale", str(photos / source), "-o", str(tmp_path / output)]) == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_an_existing_folder_with_a_dot_takes_the_output(tiny_checkpoint, photos, tmp_path):
+    (tmp_path / "run.v2").mkdir()
+    assert main(["upscale", str(photos / "a.png"), "-o", str(tmp_path / "run.v2"), "--checkpoint",
+                 str(tiny_checkpoint)]) == 0
+    assert (tmp_path / "run.v2" / "a.png").is_file()
 
 
 def write_png_header(path, width, height):
