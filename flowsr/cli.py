@@ -80,7 +80,7 @@ def run_upscale(args: argparse.Namespace) -> int:
         pipe = FlowSRPipeline.from_pretrained(args.checkpoint, args.base_model, device=shard.device(args.device),
                                               dtype=args.dtype, allow_download=args.allow_download)
     report = job.run(pipe)
-    if shard.is_main:
+    if shard.is_main or not connected:  # unconnected (RANK and WORLD_SIZE alone), each process has its own report
         _print_outcome(tasks, report, args.output)
     return EXIT_BAD_INPUT if report.failures else EXIT_OK
 

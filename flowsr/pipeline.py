@@ -95,7 +95,7 @@ class FlowSRPipeline:
                  cancel: Optional[CancelCallback] = None) -> ImageLike:
         """Check everything, plan the tiles, allocate the output, and run (smaller tiles on out-of-memory)."""
         size = self._check_pixels(pixels, scale)
-        _check_options(steps, schedule, tile_size, tile_overlap, tile_batch, color_fix)
+        _check_options(steps, schedule, tile_size, tile_overlap, tile_batch, color_fix, seed)
         tiling = self._tiling(size, tile_size, tile_overlap, tile_batch)
         output = _allocate(make_output, size)
         run = _Run(self.model, pixels.detach().float().cpu(), size, flow.schedule(schedule, steps), color_fix,
@@ -145,9 +145,9 @@ class FlowSRPipeline:
                              default_size=model.default_tile_size, default_overlap=model.default_tile_overlap)
 
 
-def _check_options(steps, schedule, tile_size, tile_overlap, tile_batch, color_fix) -> None:
+def _check_options(steps, schedule, tile_size, tile_overlap, tile_batch, color_fix, seed) -> None:
     check_upscale_options(dict(steps=steps, schedule=schedule, tile_size=tile_size, tile_overlap=tile_overlap,
-                               tile_batch=tile_batch, color_fix=color_fix))
+                               tile_batch=tile_batch, color_fix=color_fix, seed=seed))
 
 
 def _allocate(make_output: Callable[[tuple[int, int]], Output], size: tuple[int, int]) -> Output:

@@ -119,6 +119,18 @@ def test_resume_skips_finished_outputs_and_plain_runs_replace_them(tiny_checkpoi
     assert "3 written" in capsys.readouterr().out and Image.open(out / "img01.png").size == (32, 32)
 
 
+def test_without_a_launcher_each_process_prints_its_own_share(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """RANK and WORLD_SIZE alone (a SLURM array): no process group to gather reports, so each one reports."""
+    write_images(tmp_path / "in", [(8, 8)] * 3)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--checkpoint",
+                 str(tiny_checkpoint)]) == 0
+    assert "1 written" in capsys.readouterr().out
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["img01.png"]
+
+
 def test_resume_is_refused_for_outputs_that_replace_their_input(tiny_checkpoint, tmp_path, capsys):
     """In place, an existing output says nothing of whether it was upscaled: a resume would upscale twice."""
     in_place = write_images(tmp_path / "photos", [(8, 8)])[0]

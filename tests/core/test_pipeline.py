@@ -204,7 +204,8 @@ def test_float_images_on_the_0_255_scale_are_refused_and_small_overshoot_is_take
 @pytest.mark.parametrize("options,message", [
     (dict(scale=0), "scale"), (dict(scale=9), "scale"), (dict(steps=0), "steps"), (dict(schedule="ddim"), "schedule"),
     (dict(color_fix="auto"), "colour fix"), (dict(tile_size=4), "tile size"),
-    (dict(tile_size=32, tile_overlap=32), "overlap"), (dict(tile_batch=0), "tile batch"),
+    (dict(tile_size=32, tile_overlap=32), "overlap"), (dict(tile_batch=0), "tile batch"), (dict(seed=-1), "seed"),
+    (dict(seed="7"), "seed"),
 ])
 def test_bad_options_are_named(tiny_pipeline, image, options, message):
     with pytest.raises(BadInputError, match=message):
