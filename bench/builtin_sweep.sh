@@ -3,6 +3,8 @@
 # size x training photos x share of Real-ESRGAN LR) train stage 1 side by side, each is distilled (stage 2),
 # all are scored on the validation photos (which picks the shipped one) and on the held-out test photos
 # (which only report). Results land in $OUT; the picked models come back in fp16, split in 15 MB parts.
+# Ran with the configs of its commit (its stage 1 started from scratch); today's tiny_stage1.yaml continues
+# version 2, so the runs here pass model.init=null and the share of mild LR is left at the config's.
 # Needs data/photos and data/photos_sa (python -m train.prepare_photos, with and without --no-share-alike)
 # and, where diffusers is missing, its wheels in .whl/.
 # Seen on one H200 (2026-11-26): stage 1 at batch 64, four runs side by side, 13 it/s each (2500 steps in
@@ -31,7 +33,7 @@ newest_export() {  # a run cut short by its time limit: fall back to its newest 
 t0=$(date +%s)
 for v in "${VARIANTS[@]}"; do
   timeout ${S1_TIMEOUT:-270} python3 -m train.train --config train/configs/tiny_stage1.yaml $(common $v) \
-      --set "model.config=${MODEL[$v]}" --set output_dir=runs/sweep/$v/stage1 --set data.batch_size=${S1_BATCH:-64} \
+      --set "model.config=${MODEL[$v]}" --set model.init=null --set output_dir=runs/sweep/$v/stage1 --set data.batch_size=${S1_BATCH:-64} \
       --set train.max_steps=${S1_STEPS:-2500} --set data.bank=${BANK:-32768} --set checkpoint.every=500 \
       --set validation.every=500 > "$OUT/$v.stage1.log" 2>&1 &
 done

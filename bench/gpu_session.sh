@@ -2,7 +2,9 @@
 # What ran on the lent GPU (one H100/H200, no network), in one call: the speed/memory benchmark at
 # 512 -> 2048 with the SD 2.1 architecture, the CUDA out-of-memory back-off, then the built-in model's
 # training (stage 1, then stage 2 with its two ablations side by side). Results land in $OUT.
-# Needs data/photos (python -m train.prepare_photos) and, where diffusers is missing, wheels in .whl/.
+# Ran with the configs of its commit; today's stage-1 config continues version 2, so stage 1 here passes
+# model.init=null (from scratch, as it ran). Needs data/photos_sa (python -m train.prepare_photos --out
+# data/photos_sa) and, where diffusers is missing, wheels in .whl/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/gpu_env.sh
@@ -17,7 +19,7 @@ fi
 
 GPU=(--set train.mixed_precision=bf16 --set data.num_workers=${WORKERS:-8} --set data.batch_size=32 --set log.every=50)
 t0=$(date +%s)
-timeout ${S1_TIMEOUT:-150} python3 -m train.train --config train/configs/tiny_stage1.yaml "${GPU[@]}" --set train.max_steps=${S1_STEPS:-5000} \
+timeout ${S1_TIMEOUT:-150} python3 -m train.train --config train/configs/tiny_stage1.yaml "${GPU[@]}" --set model.init=null --set train.max_steps=${S1_STEPS:-5000} \
     > "$OUT/stage1.log" 2>&1
 echo "stage 1: rc=$? in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/bench.txt"
 # Cut short by the time limit: start stage 2 from the newest checkpoint's export.

@@ -92,7 +92,7 @@ TILE_OVERLAP = Option("tile_overlap", int, None, "Latent pixels that neighbourin
                       "seams; at most half the tile.", minimum=0, maximum=512,
                       automatic="the model's default, at most a third of the tile")
 TILE_BATCH = Option("tile_batch", int, None, "Tiles per network call.", minimum=1, maximum=64,
-                    automatic="from free memory (1 where unknown)")
+                    automatic="from free memory with automatic tiles on a GPU; otherwise 1")
 COLOR_FIX = Option("color_fix", str, "wavelet", "Match colours to the input: wavelet keeps the output's detail "
                    "and the input's colour (recommended), adain matches each channel's mean and spread; both keep "
                    "flat areas of the input flat. none keeps the model's output as it is.", choices=COLOR_FIXES)
@@ -100,7 +100,8 @@ SEED = Option("seed", int, None, "Sample the encoder's latent with this seed, as
               "does (slightly different grain per seed).", minimum=0, maximum=MAX_SEED,
               automatic="the mean of the encoder's latent (no sampling), the same output every run")
 DTYPE = Option("dtype", str, "auto", "Precision of the weights: auto is bf16 on CUDA where supported, fp16 on "
-               "other GPUs and fp32 on the CPU; fp32 is the most exact and takes twice the memory of fp16/bf16.",
+               "other GPUs and fp32 on the CPU; fp32 is the most exact and takes twice the memory of fp16/bf16; fp16 is refused on "
+               "the CPU (many times slower there).",
                choices=("auto", *DTYPES))
 
 #: The options of :meth:`flowsr.FlowSRPipeline.upscale_tensor`, by keyword.

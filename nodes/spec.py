@@ -31,10 +31,6 @@ class Param:
     #: False keeps ComfyUI's frontend from adding its randomize/increment widget (it does for "seed").
     control_after_generate: Optional[bool] = None
 
-    @property
-    def is_widget(self) -> bool:
-        return self.type in ("INT", "FLOAT", "COMBO")
-
 
 @dataclass(frozen=True)
 class NodeSpec:

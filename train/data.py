@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
+from flowsr.imagefiles import IMAGE_SUFFIXES
+
 from .config import DataConfig
 from .degradations import MildConfig, RealESRGANConfig, bicubic_downscale, mild_degrade, realesrgan_degrade, to_uint8
 
 logger = logging.getLogger(__name__)
 
 DEGRADATIONS = ("realesrgan", "bicubic", "mild", "mix")
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def list_images(source: str | Path) -> list[Path]:
@@ -37,7 +38,7 @@ def list_images(source: str | Path) -> list[Path]:
     """
     source = Path(source)
     if source.is_dir():
-        return sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        return sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if source.is_file():
         lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines()]
         return [(source.parent / line) for line in lines if line and not line.startswith("#")]

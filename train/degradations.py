@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .prepare_photos import bicubic_lr
+
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 
@@ -206,8 +208,7 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
 
 def bicubic_downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """The classic "bicubic x4" LR of a uint8 (3,H,W) image: PIL's antialiased bicubic, like MATLAB's imresize."""
-    image = Image.fromarray(hr.permute(1, 2, 0).numpy())
-    small = image.resize((hr.shape[2] // scale, hr.shape[1] // scale), Image.BICUBIC)
+    small = bicubic_lr(Image.fromarray(hr.permute(1, 2, 0).numpy()), scale)
     return torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1).contiguous()
 
 
@@ -215,7 +216,7 @@ def mild_degrade(hr: torch.Tensor, scale: int, g: torch.Generator, config: MildC
     """A uint8 (3,H,W) HR image to its mildly degraded uint8 LR: blur, bicubic downscale, noise, JPEG.
 
     The one definition of the mild condition: training (``data.degradation: mild`` or ``mix``), the "mild" row
-    of ``train.compare_models`` and ``python -m train.degradations --kind mild`` all call it.
+    of ``train.compare_models`` and ``python -m train.held_out HR OUT --kind mild`` all call it.
     """
     config = config or MildConfig()
     sigma = float(config.blur_sigma)

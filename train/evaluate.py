@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 
 from flowsr.errors import BadInputError
+from flowsr.imagefiles import IMAGE_SUFFIXES
 
 from . import metrics
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass

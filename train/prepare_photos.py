@@ -180,6 +180,7 @@ def save(image: Image.Image, path: Path) -> None:
 
 
 def bicubic_lr(image: Image.Image, scale: int) -> Image.Image:
+    """The LR of the written folders and of training (``train.degradations``): torch-free, so it lives here."""
     return image.resize((image.width // scale, image.height // scale), Image.Resampling.BICUBIC)
 
 
