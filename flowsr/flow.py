@@ -85,7 +85,8 @@ def sample(velocity: Velocity, x_lr: torch.Tensor, times: torch.Tensor,
            callback: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
     """Integrate from ``times[0]`` to ``times[-1]`` with Euler steps; one step is ``x_lr - v(x_lr, 1)``.
 
-    ``callback(step, x)`` runs after each step (progress, cancellation).
+    The plain loop over a whole latent: the pipeline runs the same :func:`euler_step` tile by tile, and the tests
+    hold it to this. ``callback(step, x)`` runs after each step.
     """
     x = x_lr
     for i in range(len(times) - 1):
