@@ -90,10 +90,23 @@ class ComfyPage:
         cards.first.wait_for()
         return cards
 
-    def template_cards(self, pack: str) -> list[dict]:
+    def show_pack_cards(self, pack: str, names: list[str]) -> Any:
+        """The pack's cards on screen. On a first start the page can re-render the dialog on "All Templates" just
+        after the category was clicked (seen in CI: the cards read were ComfyUI's own), so it is clicked again."""
+        for _ in range(2):
+            cards = self.open_pack_templates(pack)
+            try:
+                for name in names:
+                    self.page.locator(f"[data-testid='template-workflow-{name}']").wait_for(timeout=15000)
+                return cards
+            except self.timeout_error:
+                continue
+        return cards  # still not shown: the checks report the cards as missing
+
+    def template_cards(self, pack: str, names: list[str]) -> list[dict]:
         """Each card's name, title, description and its images' widths, once the thumbnails have loaded. An
         image whose source the page has not set yet also counts as complete, so the wait is for a width."""
-        cards = self.open_pack_templates(pack)
+        cards = self.show_pack_cards(pack, names)
         try:
             self.page.wait_for_function(
                 "() => [...document.querySelectorAll(\"[data-testid^='template-workflow-'] img\")]"
@@ -241,7 +254,7 @@ def run_browser_checks(url: str, chromium: str, pack: str, workflows: list[Path]
         try:
             comfy = ComfyPage(browser.new_page(viewport=VIEWPORT), url, screenshots)
             comfy.open(timeout)
-            cards = {card["name"]: card for card in comfy.template_cards(pack)}
+            cards = {card["name"]: card for card in comfy.template_cards(pack, [path.stem for path in workflows])}
             comfy.screenshot("templates")
             for path in workflows:
                 card = cards.get(path.stem, {})
