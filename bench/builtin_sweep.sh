@@ -33,7 +33,8 @@ newest_export() {  # a run cut short by its time limit: fall back to its newest 
 t0=$(date +%s)
 for v in "${VARIANTS[@]}"; do
   timeout ${S1_TIMEOUT:-270} python3 -m train.train --config train/configs/tiny_stage1.yaml $(common $v) \
-      --set "model.config=${MODEL[$v]}" --set model.init=null --set output_dir=runs/sweep/$v/stage1 --set data.batch_size=${S1_BATCH:-64} \
+      --set "model.config=${MODEL[$v]}" --set model.init=null --set output_dir=runs/sweep/$v/stage1 \
+      --set data.batch_size=${S1_BATCH:-64} \
       --set train.max_steps=${S1_STEPS:-2500} --set data.bank=${BANK:-32768} --set checkpoint.every=500 \
       --set validation.every=500 > "$OUT/$v.stage1.log" 2>&1 &
 done

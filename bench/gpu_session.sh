@@ -19,7 +19,8 @@ fi
 
 GPU=(--set train.mixed_precision=bf16 --set data.num_workers=${WORKERS:-8} --set data.batch_size=32 --set log.every=50)
 t0=$(date +%s)
-timeout ${S1_TIMEOUT:-150} python3 -m train.train --config train/configs/tiny_stage1.yaml "${GPU[@]}" --set model.init=null --set train.max_steps=${S1_STEPS:-5000} \
+timeout ${S1_TIMEOUT:-150} python3 -m train.train --config train/configs/tiny_stage1.yaml "${GPU[@]}" --set model.init=null \
+    --set train.max_steps=${S1_STEPS:-5000} \
     > "$OUT/stage1.log" 2>&1
 echo "stage 1: rc=$? in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/bench.txt"
 # Cut short by the time limit: start stage 2 from the newest checkpoint's export.

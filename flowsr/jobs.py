@@ -248,7 +248,7 @@ class JobProgress:
 
     def advance(self, images: int = 1) -> None:
         """``images`` more of this process's images are done with: written, or failed."""
-        if self._watcher is None and images:
+        if self._watcher is None:
             self.bar.update(images)
 
     def network_calls(self, done: int, total: int) -> None:

@@ -100,8 +100,8 @@ SEED = Option("seed", int, None, "Sample the encoder's latent with this seed, as
               "does (slightly different grain per seed).", minimum=0, maximum=MAX_SEED,
               automatic="the mean of the encoder's latent (no sampling), the same output every run")
 DTYPE = Option("dtype", str, "auto", "Precision of the weights: auto is bf16 on CUDA where supported, fp16 on "
-               "other GPUs and fp32 on the CPU; fp32 is the most exact and takes twice the memory of fp16/bf16; fp16 is refused on "
-               "the CPU (many times slower there).",
+               "other GPUs and fp32 on the CPU; fp32 is the most exact and takes twice the memory of fp16/bf16; "
+               "fp16 is refused on the CPU (many times slower there).",
                choices=("auto", *DTYPES))
 
 #: The options of :meth:`flowsr.FlowSRPipeline.upscale_tensor`, by keyword.

@@ -29,7 +29,6 @@ from flowsr.imagefiles import IMAGE_SUFFIXES
 from . import metrics
 
 
-
 @dataclass
 class EvalResult:
     rows: list[dict] = field(default_factory=list)  # one per image: {"image": name, metric: value, ...}

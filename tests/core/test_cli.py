@@ -110,7 +110,8 @@ def test_overwrite_inputs_replaces_the_input(tiny_checkpoint, photos):
 
 @pytest.mark.parametrize("source,output,message", [
     ("a.png", "notes.txt", "not an image type"), ("a.png", "big.jgp", "not an image type"),
-    (".", "notes.txt", "is a file"), ("a.png", "notes.txt/sub", "cannot write"), ("a.png", "folder.png", "is a folder")])
+    (".", "notes.txt", "is a file"), ("a.png", "notes.txt/sub", "cannot write"),
+    ("a.png", "folder.png", "is a folder")])
 def test_unusable_outputs_are_refused_before_any_work(photos, tmp_path, capsys, no_model_loading, source, output,
                                                       message):
     (tmp_path / "notes.txt").write_text("keep me")
