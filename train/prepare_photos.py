@@ -2,14 +2,15 @@
 
     python -m train.prepare_photos --out data/photos
 
-Downloads five Debian 12 packages with ``apt-get download`` (never installs them), unpacks them with
+Downloads four Debian 12 packages (six with ``--selection``) with ``apt-get download`` (never installs them), unpacks them with
 ``dpkg -x`` into a temporary folder, checks every listed file against its SHA-256, and writes
 
     OUT/train/*.jpg        longer side <= 1536 px, JPEG quality 95, no chroma subsampling
     OUT/val/*.png          longer side <= 1024 px
     OUT/test/*.png         longer side <= 1024 px, held out: never used in training or for model choice
+    OUT/select/*.png       with --selection: longer side <= 1024 px, only for choosing between trained models
     OUT/test_lr_bicubic_x4/*.png   the test set downscaled 4x (PIL bicubic, antialiased)
-    OUT/val_lr_bicubic_x4/*.png
+    OUT/val_lr_bicubic_x4/*.png   (and select_lr_bicubic_x4/ with --selection)
     OUT/manifest.json      per output file: source package and version, author, licence, split
 
 Every dimension is cut to a multiple of 16 (centre crop of at most 15 px), so 2x and 4x LR images have
@@ -36,13 +37,18 @@ PACKAGES = {
     "lomiri-wallpapers-20.04": "20.04.0-2",
     "palapeli-data": "4:22.12.3-1",
     "python3-skimage": "0.19.3-8",
+    "mate-backgrounds": "1.26.0-1",            # selection set only (--selection)
+    "plasma-workspace-wallpapers": "4:5.27.5-2",  # selection set only (--selection)
 }
 
 LOMIRI_16 = "usr/share/backgrounds/"
 PALAPELI = "usr/share/palapeli/collection/"
 SKIMAGE = "usr/lib/python3/dist-packages/skimage/data/"
+MATE = "usr/share/backgrounds/mate/nature/"
+PLASMA = "usr/share/wallpapers/"
+PLASMA_IMAGE = "/contents/images/2560x1600.jpg"
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "select")
 TRAIN_LONG_SIDE = 1536
 EVAL_LONG_SIDE = 1024
 SIZE_MULTIPLE = 16
@@ -115,6 +121,54 @@ PHOTOS = (
           "b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89", "linolafett", "CC0-1.0"),
     Photo("gravel", "train", "python3-skimage", SKIMAGE + "gravel.png",
           "c48615b451bf1e606fbd72c0aa9f8cc0f068ab7111ef7d93bb9b0f2586440c12", "CC0Textures (Gravel04)", "CC0-1.0"),
+    # Selection set (--selection): copyleft photos that are only measured, to choose between trained
+    # candidates; never trained on (train/DATA.md says why that keeps the weights' licence unchanged).
+    Photo("aqua", "select", "mate-backgrounds", MATE + "Aqua.jpg",
+          "5c30118205982da441bf7e6a1ada636a8a0be879408140b3148280c665ed6bce", "Charles Barbin", "GPL-2.0-or-later"),
+    Photo("garden", "select", "mate-backgrounds", MATE + "Garden.jpg",
+          "d3095ee09d425ef23d27155412136cf14fc3c9af76ca58b452f55e23da324e78", "Charles Barbin", "GPL-2.0-or-later"),
+    Photo("ladybird", "select", "mate-backgrounds", MATE + "LadyBird.jpg",
+          "e35a9a4126ef969c90b29c038058c5a575a20eadd84106a37bf1fa9931e7b61d", "Charles Barbin", "GPL-2.0-or-later"),
+    Photo("yellowflower", "select", "mate-backgrounds", MATE + "YellowFlower.jpg",
+          "254da96256acb7add685679775a04d1e4a5bc8cd13e5a5a3d61351ce198a5306", "Charles Barbin", "GPL-2.0-or-later"),
+    Photo("blinds", "select", "mate-backgrounds", MATE + "Blinds.jpg",
+          "f7aac0dcc2e06d0491643e84df3da1d9db7c4610f58806a880d56e074799f600", "Lennart Poettering, Andrea Cimitan", "GPL-2.0-or-later"),
+    Photo("dune", "select", "mate-backgrounds", MATE + "Dune.jpg",
+          "8a67c2cb0be8c46b70c237311a4fa4d2b4ac7d39568135384787801fa5cc9a91", "Marco Cogoni, Hylke Bons", "GPL-2.0-or-later"),
+    Photo("freshflower", "select", "mate-backgrounds", MATE + "FreshFlower.jpg",
+          "972b0a0c4e5e3fa93f4f244fc84bc64b121a5eac3aaa5856f1308c1f38a02f8e", "Jens Ansorg", "GPL-2.0-or-later"),
+    Photo("greenmeadow", "select", "mate-backgrounds", MATE + "GreenMeadow.jpg",
+          "8fa0de0aa4089f7319c9fb7a6d006d4cab6023e8c8853731557cff53567b4832", "Timothy Schellhase, Lapo Calamandrei", "GPL-2.0-or-later"),
+    Photo("raindrops", "select", "mate-backgrounds", MATE + "RainDrops.jpg",
+          "3e4ea9671c28c90a86cf67b3db9daf18c4741587c596333a7529ca589aaa0c16", '"blackcombwhistler07"', "GPL-2.0-or-later"),
+    Photo("storm", "select", "mate-backgrounds", MATE + "Storm.jpg",
+          "77ca53077831d3237f73393a91fc879158abc046d852941c26e90de336356957", "Sergey Nazarov", "GPL-2.0-or-later"),
+    Photo("twowings", "select", "mate-backgrounds", MATE + "TwoWings.jpg",
+          "665e5abf8a5399070a91a9a8e455fe071e5b61697ff78fdeda4e9843ef545aeb", "Charles Barbin, Hylke Bons", "GPL-2.0-or-later"),
+    Photo("wood", "select", "mate-backgrounds", MATE + "Wood.jpg",
+          "19c78500ac00a622e19907ab9cc7d06d46fe08c4a6142759a84195696150ec07", "Jean-François Fortin Tam", "GPL-2.0-or-later"),
+    Photo("bythewater", "select", "plasma-workspace-wallpapers", PLASMA + "BytheWater" + PLASMA_IMAGE,
+          "c272434ef39f2abf1ed48a15a8910088020f3165329a5092f3940ec9464bc05f", "Maciej Wiklo", "LGPL-3.0"),
+    Photo("coldripple", "select", "plasma-workspace-wallpapers", PLASMA + "ColdRipple" + PLASMA_IMAGE,
+          "05bef6722fc0ed81292cceb3ed026c38d17e510f3c84be7d68610c2b1a723c3f", "Risto Saukonpää", "LGPL-3.0"),
+    Photo("colorfulcups", "select", "plasma-workspace-wallpapers", PLASMA + "ColorfulCups" + PLASMA_IMAGE,
+          "6e0f3a72feb5a4a9fec191b77e34874c3c69e2d93040deb3f07773e73385023d", "Dmitri Popov", "LGPL-3.0"),
+    Photo("darkesthour", "select", "plasma-workspace-wallpapers", PLASMA + "DarkestHour" + PLASMA_IMAGE,
+          "8e3703fae3a3c217b1fc2b399b706cd3720584268d071ba153e4809daa55f1ce", "Risto Saukonpää", "LGPL-3.0"),
+    Photo("eveningglow", "select", "plasma-workspace-wallpapers", PLASMA + "EveningGlow" + PLASMA_IMAGE,
+          "586682dcb362b9f620068f10138f87d0d3649939aef238adc5807cb951976a7a", "Ian Hex", "LGPL-3.0"),
+    Photo("fallenleaf", "select", "plasma-workspace-wallpapers", PLASMA + "FallenLeaf" + PLASMA_IMAGE,
+          "95603a6560c7e8d50e0e03b3f4adbe39c5258c72528e74e4ecaea1daf4e499de", "Martin Klapetek", "LGPL-3.0"),
+    Photo("grey", "select", "plasma-workspace-wallpapers", PLASMA + "Grey" + PLASMA_IMAGE,
+          "88c31d8944b7e6935d1b9a296654c692f0772cb512491713eb30a972a604c0ed", "Sigi Sagi", "LGPL-3.0"),
+    Photo("kite", "select", "plasma-workspace-wallpapers", PLASMA + "Kite" + PLASMA_IMAGE,
+          "bdca288ce296a981e80659c021cf707caddc702c0c8d4247e60bd618476d47f8", "Risto Saukonpää", "LGPL-3.0"),
+    Photo("onestandsout", "select", "plasma-workspace-wallpapers", PLASMA + "OneStandsOut" + PLASMA_IMAGE,
+          "cb507baf1dafdcae362264f3aba9483ed4be5f6c9fdd770f0ec0920c6d9e80fd", "Risto Saukonpää", "LGPL-3.0"),
+    Photo("path", "select", "plasma-workspace-wallpapers", PLASMA + "Path" + PLASMA_IMAGE,
+          "7477457d7f17b736259f1b021864778ad4ba802cf3214e6728181ff29126bba8", "Risto Saukonpää", "LGPL-3.0"),
+    Photo("summer-1am", "select", "plasma-workspace-wallpapers", PLASMA + "summer_1am" + PLASMA_IMAGE,
+          "c868b50789591dd42910153c768053f1ba0a98cb36bbfc2b7a96a1045d0477f8", "Risto Saukonpää", "LGPL-3.0"),
 )
 
 
@@ -184,8 +238,8 @@ def bicubic_lr(image: Image.Image, scale: int) -> Image.Image:
     return image.resize((image.width // scale, image.height // scale), Image.Resampling.BICUBIC)
 
 
-def prepare(out: Path, cache: Path, share_alike: bool = True) -> list[dict]:
-    photos = [p for p in PHOTOS if share_alike or not is_share_alike(p)]
+def prepare(out: Path, cache: Path, share_alike: bool = True, selection: bool = False) -> list[dict]:
+    photos = [p for p in PHOTOS if (share_alike or not is_share_alike(p)) and (selection or p.split != "select")]
     deb_dir, root = cache / "debs", cache / "unpacked"
     deb_dir.mkdir(parents=True, exist_ok=True)
     versions, roots = {}, {}
@@ -232,12 +286,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep the downloaded .deb files here (default: a temporary folder)")
     parser.add_argument("--no-share-alike", action="store_true",
                         help="leave out the CC-BY-SA photos (training set only; val and test do not change)")
+    parser.add_argument("--selection", action="store_true",
+                        help="also write the selection set OUT/select/ (23 photos, 141 MB more to download)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="flowsr-photos-") as tmp:
         cache = args.cache or Path(tmp)
         if args.cache:
             shutil.rmtree(cache / "unpacked", ignore_errors=True)
-        records = prepare(args.out, cache, share_alike=not args.no_share_alike)
+        records = prepare(args.out, cache, share_alike=not args.no_share_alike, selection=args.selection)
     total = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     counts = {split: sum(r["split"] == split for r in records) for split in SPLITS}
     print(f"wrote {len(records)} photos ({counts}) to {args.out}: {total / 1e6:.1f} MB")
