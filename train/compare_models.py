@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from flowsr import FlowSRPipeline
+from flowsr.errors import FlowSRError
 
 from .evaluate import evaluate_pairs, format_value, load_rgb
 from .held_out import LR_KINDS, load_hr_images, make_lr_sets, save_png
@@ -106,10 +107,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown --lr-kinds {unknown}; use {', '.join(LR_KINDS)}")
 
+    try:  # the models load first: a wrong path or file is answered before minutes of work
+        methods = build_methods(args)
+    except FlowSRError as error:
+        parser.error(f"{error} (--model takes NAME=PATH[@STEPS]; the name ends at the first '=')")
     hr_images = load_hr_images(args.hr, args.scale)
     sizes = {name: tuple(hr.shape[1:]) for name, hr in hr_images.items()}
     lr_sets = make_lr_sets(hr_images, args.scale, args.seed, kinds)
-    methods = build_methods(args)
     print(f"{len(hr_images)} held-out photos from {args.hr}, x{args.scale}\n")
     print("| method | LR | PSNR-Y | SSIM-Y | SSIMULACRA2 | photos above bicubic (PSNR-Y) |\n|---|---|---|---|---|---|")
     results: dict[str, dict[str, dict]] = {}

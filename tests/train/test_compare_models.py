@@ -1,6 +1,7 @@
 import json
 import sys
 
+import pytest
 import torch
 from PIL import Image
 
@@ -58,3 +59,13 @@ def test_degrade_folder_writes_the_lr_images_compare_models_scores(tmp_path, mak
         scored = make_lr_sets(hr_images, 4, seed=5, kinds=(kind,))[kind]
         for name, lr in scored.items():
             assert torch.equal(read_image(tmp_path / kind / f"{name}.png"), lr)
+
+
+def test_a_model_path_that_is_not_there_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "nothing.safetensors"
+    monkeypatch.setattr(sys, "argv", ["compare_models", "--hr", str(tmp_path / "no-photos"),
+                                      "--model", f"a = b={missing}@1"])
+    with pytest.raises(SystemExit) as exit_info:
+        compare_models.main()
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "b=" in error and "the name ends at the first '='" in error
