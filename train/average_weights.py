@@ -13,8 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
+from safetensors import safe_open
+
 from flowsr.errors import CheckpointError
-from flowsr.models.tiny import TinyFlowSR, load_tiny, read_tiny_metadata
+from flowsr.models.tiny import TinyFlowSR, load_tiny
+from flowsr.weights_file import FLOWSR_MODEL_KEY
 
 from .models import EXPORT_DTYPES, BuiltModel, export_model
 
@@ -36,10 +39,15 @@ def average_models(models: list[TinyFlowSR], weights: list[float]) -> TinyFlowSR
     return soup.eval()
 
 
+def input_record(path: Path, weight: float) -> dict:
+    """One input of the average: its name, weight and header (how it was trained), less the shared architecture."""
+    with safe_open(str(path), framework="pt") as f:
+        header = {key: value for key, value in (f.metadata() or {}).items() if key != FLOWSR_MODEL_KEY}
+    return {"file": path.name, "weight": weight, "metadata": header}
+
+
 def average_metadata(paths: list[Path], weights: list[float]) -> dict[str, str]:
-    inputs = [{"file": path.name, "weight": weight, "model": read_tiny_metadata(path)}
-              for path, weight in zip(paths, weights)]
-    return {AVERAGE_KEY: json.dumps({"inputs": inputs})}
+    return {AVERAGE_KEY: json.dumps({"inputs": [input_record(p, w) for p, w in zip(paths, weights)]})}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,7 +41,7 @@ def test_models_of_other_architectures_or_bad_weights_are_refused():
 def test_cli_writes_a_loadable_fp16_file_that_records_its_inputs(tmp_path):
     paths = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
     for seed, path in enumerate(paths):
-        save_tiny(random_model(seed), path)
+        save_tiny(random_model(seed), path, metadata={"flowsr_training": f"run {seed}"})
     out = tmp_path / "soup.safetensors"
     assert run_cli(*paths, "--weights", "0.5", "0.5", "--out", out).returncode == 0
     soup = load_tiny(out)
@@ -50,7 +50,8 @@ def test_cli_writes_a_loadable_fp16_file_that_records_its_inputs(tmp_path):
     with safe_open(str(out), framework="pt") as f:
         record = json.loads(f.metadata()[AVERAGE_KEY])
         assert f.get_tensor("denoiser.conv_in.weight").dtype == torch.float16
-    assert [(i["file"], i["weight"]) for i in record["inputs"]] == [("a.safetensors", 0.5), ("b.safetensors", 0.5)]
+    assert [(i["file"], i["weight"], i["metadata"]) for i in record["inputs"]] == [
+        ("a.safetensors", 0.5, {"flowsr_training": "run 0"}), ("b.safetensors", 0.5, {"flowsr_training": "run 1"})]
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
