@@ -2,8 +2,9 @@
 
     python -m train.prepare_photos --out data/photos
 
-Downloads four Debian 12 packages (six with ``--selection``) with ``apt-get download`` (never installs them), unpacks them with
-``dpkg -x`` into a temporary folder, checks every listed file against its SHA-256, and writes
+Downloads four Debian 12 packages (six with ``--selection``) with ``apt-get download`` (never installs
+them), unpacks them with ``dpkg -x`` into a temporary folder, checks every listed file against its SHA-256,
+and writes
 
     OUT/train/*.jpg        longer side <= 1536 px, JPEG quality 95, no chroma subsampling
     OUT/val/*.png          longer side <= 1024 px
@@ -132,21 +133,27 @@ PHOTOS = (
     Photo("yellowflower", "select", "mate-backgrounds", MATE + "YellowFlower.jpg",
           "254da96256acb7add685679775a04d1e4a5bc8cd13e5a5a3d61351ce198a5306", "Charles Barbin", "GPL-2.0-or-later"),
     Photo("blinds", "select", "mate-backgrounds", MATE + "Blinds.jpg",
-          "f7aac0dcc2e06d0491643e84df3da1d9db7c4610f58806a880d56e074799f600", "Lennart Poettering, Andrea Cimitan", "GPL-2.0-or-later"),
+          "f7aac0dcc2e06d0491643e84df3da1d9db7c4610f58806a880d56e074799f600",
+          "Lennart Poettering, Andrea Cimitan", "GPL-2.0-or-later"),
     Photo("dune", "select", "mate-backgrounds", MATE + "Dune.jpg",
-          "8a67c2cb0be8c46b70c237311a4fa4d2b4ac7d39568135384787801fa5cc9a91", "Marco Cogoni, Hylke Bons", "GPL-2.0-or-later"),
+          "8a67c2cb0be8c46b70c237311a4fa4d2b4ac7d39568135384787801fa5cc9a91",
+          "Marco Cogoni, Hylke Bons", "GPL-2.0-or-later"),
     Photo("freshflower", "select", "mate-backgrounds", MATE + "FreshFlower.jpg",
           "972b0a0c4e5e3fa93f4f244fc84bc64b121a5eac3aaa5856f1308c1f38a02f8e", "Jens Ansorg", "GPL-2.0-or-later"),
     Photo("greenmeadow", "select", "mate-backgrounds", MATE + "GreenMeadow.jpg",
-          "8fa0de0aa4089f7319c9fb7a6d006d4cab6023e8c8853731557cff53567b4832", "Timothy Schellhase, Lapo Calamandrei", "GPL-2.0-or-later"),
+          "8fa0de0aa4089f7319c9fb7a6d006d4cab6023e8c8853731557cff53567b4832",
+          "Timothy Schellhase, Lapo Calamandrei", "GPL-2.0-or-later"),
     Photo("raindrops", "select", "mate-backgrounds", MATE + "RainDrops.jpg",
-          "3e4ea9671c28c90a86cf67b3db9daf18c4741587c596333a7529ca589aaa0c16", '"blackcombwhistler07"', "GPL-2.0-or-later"),
+          "3e4ea9671c28c90a86cf67b3db9daf18c4741587c596333a7529ca589aaa0c16",
+          '"blackcombwhistler07"', "GPL-2.0-or-later"),
     Photo("storm", "select", "mate-backgrounds", MATE + "Storm.jpg",
           "77ca53077831d3237f73393a91fc879158abc046d852941c26e90de336356957", "Sergey Nazarov", "GPL-2.0-or-later"),
     Photo("twowings", "select", "mate-backgrounds", MATE + "TwoWings.jpg",
-          "665e5abf8a5399070a91a9a8e455fe071e5b61697ff78fdeda4e9843ef545aeb", "Charles Barbin, Hylke Bons", "GPL-2.0-or-later"),
+          "665e5abf8a5399070a91a9a8e455fe071e5b61697ff78fdeda4e9843ef545aeb",
+          "Charles Barbin, Hylke Bons", "GPL-2.0-or-later"),
     Photo("wood", "select", "mate-backgrounds", MATE + "Wood.jpg",
-          "19c78500ac00a622e19907ab9cc7d06d46fe08c4a6142759a84195696150ec07", "Jean-François Fortin Tam", "GPL-2.0-or-later"),
+          "19c78500ac00a622e19907ab9cc7d06d46fe08c4a6142759a84195696150ec07",
+          "Jean-François Fortin Tam", "GPL-2.0-or-later"),
     Photo("bythewater", "select", "plasma-workspace-wallpapers", PLASMA + "BytheWater" + PLASMA_IMAGE,
           "c272434ef39f2abf1ed48a15a8910088020f3165329a5092f3940ec9464bc05f", "Maciej Wiklo", "LGPL-3.0"),
     Photo("coldripple", "select", "plasma-workspace-wallpapers", PLASMA + "ColdRipple" + PLASMA_IMAGE,
@@ -281,7 +288,8 @@ def prepare(out: Path, cache: Path, share_alike: bool = True, selection: bool = 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("data/photos"), help="output folder (replaced if an earlier run wrote it)")
+    parser.add_argument("--out", type=Path, default=Path("data/photos"),
+                        help="output folder (replaced if an earlier run wrote it)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="keep the downloaded .deb files here (default: a temporary folder)")
     parser.add_argument("--no-share-alike", action="store_true",
