@@ -42,7 +42,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 #: Inputs are padded to at least this many latent pixels a side unless the config says otherwise: the training
-#: crops of built-in versions 1 and 2 (128 px at x4; versions 3 and 4 trained on 48). A 1x1 flat input came back
+#: crops of built-in versions 1 and 2 (128 px at x4; versions 3 to 5 trained on 48). A 1x1 flat input came back
 #: off by up to 52 levels unpadded, by 5-6 padded to this.
 MIN_LATENT_SIDE = 32
 
