@@ -77,7 +77,7 @@ def adain_color_fix(content: torch.Tensor, reference: torch.Tensor, statistics: 
 def keep_flat_areas(content: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Where the reference is flat around a pixel (:data:`FLAT_TOLERANCE` within :data:`FLAT_RADIUS`), the
     output takes the reference's colour. A flat input must come back flat, and no network answers a constant
-    exactly: the built-in model leaves pattern noise of up to 2 levels inside a flat grey and 5 at its border."""
+    exactly: the built-in model leaves pattern noise of up to 2 levels inside a flat grey and 4 at its border."""
     spread = _local_max(reference, FLAT_RADIUS) + _local_max(-reference, FLAT_RADIUS)
     flat = (spread.amax(1, keepdim=True) <= FLAT_TOLERANCE).float()
     weight = F.avg_pool2d(F.pad(flat, (FLAT_RAMP,) * 4, mode="replicate"), 2 * FLAT_RAMP + 1, stride=1)

@@ -3,7 +3,7 @@
     python -m train.average_weights --out soup.safetensors runs/a.safetensors runs/b.safetensors --weights 0.75 0.25
 
 Two continuations of the same model (the built-in versions are) sit in one basin of the loss, so their weighted
-mean is a model too, usually between them and sometimes better than both; built-in version 5 is one
+mean is a model too, usually between them and sometimes better than both; built-in versions 5 and 6 are such means
 (flowsr/weights/MODEL_CARD.md). Inputs are files in the small model's format (``train.models.export_model``
 writes them); the output records each input and its weight in the header key ``flowsr_average``.
 """

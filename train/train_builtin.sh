@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Reproduce the built-in model (flowsr/weights/flowsr_tiny.safetensors), version 5, from version 4:
+# Reproduce the built-in model (flowsr/weights/flowsr_tiny.safetensors), version 6, from versions 4 and 5:
 #   bash train/train_builtin.sh                                          # CPU: about 75 minutes on a 2-core CPU
 #   bash train/train_builtin.sh --set train.mixed_precision=bf16 ...    # GPU; extra --set go to both stages
 # Photos come from Debian packages (train/DATA.md; all 17 training photos, so the weights are CC-BY-SA-4.0);
-# stage 1 continues version 4's flow on bicubic and (25 %) mildly degraded LR, stage 2 distils it to one step,
+# stage 1 continues version 5's flow on bicubic and (25 %) mildly degraded LR, stage 2 distils it to one step,
 # and the result is averaged half and half with version 4 (train.average_weights).
-# Version 4 continued version 3, version 3 version 2, and so on back to version 1, which came from an H200
-# session and CPU runs (flowsr/weights/MODEL_CARD.md).
+# Version 5 was the mean of version 4 and a continuation of it; version 4 continued version 3, and so on back to
+# version 1, which came from an H200 session and CPU runs (flowsr/weights/MODEL_CARD.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d data/photos_sa/train ] || python -m train.prepare_photos --out data/photos_sa
-mkdir -p runs   # version 5 continues version 4, the file as commit 1a607ce shipped it
+mkdir -p runs   # the files as commits 1a607ce (version 4) and 02b4449 (version 5) shipped them
 [ -f runs/builtin_v4.safetensors ] || git show 1a607ce:flowsr/weights/flowsr_tiny.safetensors > runs/builtin_v4.safetensors
-# All cores by default. Version 5's run took 68 + 4.5 minutes beside a second such run, one thread each. On a
+[ -f runs/builtin_v5.safetensors ] || git show 02b4449:flowsr/weights/flowsr_tiny.safetensors > runs/builtin_v5.safetensors
+# All cores by default. Version 6's run took 67 + 4.5 minutes beside a second such run, one thread each. On a
 # CPU shared with other work set OMP_NUM_THREADS=1: there two threads wait on each other (3-4x slower, measured).
 python -m train.train --config train/configs/tiny_stage1.yaml "$@"
 python -m train.train --config train/configs/tiny_stage2.yaml "$@"
