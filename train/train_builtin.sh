@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the built-in model (flowsr/weights/flowsr_tiny.safetensors), version 6, from versions 4 and 5:
-#   bash train/train_builtin.sh                                          # CPU: about 75 minutes on a 2-core CPU
+#   bash train/train_builtin.sh                                          # CPU: about 70 minutes on a 2-core CPU
 #   bash train/train_builtin.sh --set train.mixed_precision=bf16 ...    # GPU; extra --set go to both stages
 # Photos come from Debian packages (train/DATA.md; all 17 training photos, so the weights are CC-BY-SA-4.0);
 # stage 1 continues version 5's flow on bicubic and (25 %) mildly degraded LR, stage 2 distils it to one step,
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 mkdir -p runs   # the files as commits 1a607ce (version 4) and 02b4449 (version 5) shipped them
 [ -f runs/builtin_v4.safetensors ] || git show 1a607ce:flowsr/weights/flowsr_tiny.safetensors > runs/builtin_v4.safetensors
 [ -f runs/builtin_v5.safetensors ] || git show 02b4449:flowsr/weights/flowsr_tiny.safetensors > runs/builtin_v5.safetensors
-# All cores by default. Version 6's run took 67 + 4.5 minutes beside a second such run, one thread each. On a
+# All cores by default. Version 6's run took 63 + 4 minutes beside a second such run, one thread each. On a
 # CPU shared with other work set OMP_NUM_THREADS=1: there two threads wait on each other (3-4x slower, measured).
 python -m train.train --config train/configs/tiny_stage1.yaml "$@"
 python -m train.train --config train/configs/tiny_stage2.yaml "$@"
