@@ -21,7 +21,7 @@ from torch import nn
 from .errors import CheckpointError
 from .families import base_model_help, family_named
 from .weights_file import (FLOWSR_LORA, FLOWSR_LORA_KEY, WeightsFile, load_exactly, read_weights_file,
-                           wrong_kind_message)
+                           save_weights, wrong_kind_message)
 
 UNET_ADAPTER = "default"
 VAE_ADAPTER = "vae_skip"
@@ -219,8 +219,6 @@ def save_lora(path: str | os.PathLike, unet_state: Mapping[str, torch.Tensor], u
               dtype: Optional[torch.dtype] = None, metadata: Optional[Mapping[str, str]] = None) -> None:
     """Write the public format. States are keyed as in the modules (e.g. from :func:`lora_state_dict`);
     VAE keys may say ``.vae_skip.`` or ``.default.`` (the file stores ``.default.``)."""
-    from safetensors.torch import save_file
-
     fields: dict = {"unet_rank": int(unet_rank), "unet_lora_target_modules": _targets_json(unet_target_modules)}
     parts = [("unet", dict(unet_state))]
     if vae_state:
@@ -237,7 +235,7 @@ def save_lora(path: str | os.PathLike, unet_state: Mapping[str, torch.Tensor], u
             tensors[f"{part}.{key}"] = tensor.contiguous()
             names[f"{part}_state_dict"][f"{part}.{key}"] = key
     header = {**(metadata or {}), FLOWSR_LORA_KEY: json.dumps({"fields": fields, "tensor_names": names})}
-    save_file(tensors, str(path), metadata=header)
+    save_weights(path, tensors, header)
 
 
 def _targets_json(targets: TargetModules) -> TargetModules:

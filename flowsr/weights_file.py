@@ -4,7 +4,8 @@ Every weights file FlowSR opens is a ``.safetensors`` file (it cannot run code w
 Its header is parsed and checked here without trusting it, so a pickle, a saved web page, a git-lfs pointer or
 a truncated download each get a message that says what to do; the tensor names and metadata then tell what
 kind of file it is (FlowSR weights, a base model, somebody else's LoRA). Loading tensors into a module checks
-their names, shapes and values (NaN or infinity) and names the first tensor that is wrong.
+their names, shapes and values (NaN or infinity) and names the first tensor that is wrong. The files FlowSR
+and its trainer export are written by :func:`save_weights`.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .errors import CheckpointError
+from .imagefiles import write_atomically
 
 #: The public LoRA format's metadata key (``docs/FORMAT.md``), as the released file spells it.
 FLOWSR_LORA_KEY = "flowsr_checkpoint_metadata"
@@ -208,3 +211,10 @@ def load_exactly(module: nn.Module, state: Mapping[str, torch.Tensor], source: s
     if problems:
         raise CheckpointError(f"{source}: {problems[0]}")
     module.load_state_dict(dict(state), strict=complete)
+
+
+def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file whole or not at all, with the mode any new file gets: ``save_file`` makes its
+    files private (0o600), which a host running as another user cannot read."""
+    data = safetensors_bytes(tensors, metadata=metadata)
+    write_atomically(Path(path), lambda file: file.write(data))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -173,21 +172,19 @@ EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 
 def export_model(built: BuiltModel, path: str | Path, dtype: str = "fp32",
                  metadata: Optional[dict[str, str]] = None) -> Path:
-    """Write the file users load, atomically (a temporary file renamed over the target).
+    """Write the file users load (whole or not at all: ``flowsr.weights_file.save_weights``).
 
     ``dtype`` applies to floating tensors: fp16 halves a small model's file (the built-in one ships so);
     keep fp32 for a file that initialises further training.
     """
     model, path = built.model, Path(path)
-    temporary = path.with_name(path.name + ".tmp")
     if built.lora is None:
-        save_tiny(model, temporary, metadata=metadata, dtype=EXPORT_DTYPES[dtype])
+        save_tiny(model, path, metadata=metadata, dtype=EXPORT_DTYPES[dtype])
     else:
         lora = built.lora
         unet_state = lora_state_dict(model.denoiser, UNET_ADAPTER)
         vae_state = lora_state_dict(model.autoencoder, VAE_ADAPTER) if lora.vae_rank else None
-        save_lora(temporary, unet_state, lora.unet_rank, lora.unet_targets, vae_state=vae_state,
+        save_lora(path, unet_state, lora.unet_rank, lora.unet_targets, vae_state=vae_state,
                   vae_rank=lora.vae_rank, vae_target_modules=lora.vae_targets,
                   dtype=EXPORT_DTYPES[dtype], metadata=metadata)
-    os.replace(temporary, path)
     return path

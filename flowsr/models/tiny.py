@@ -17,13 +17,12 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from .. import flow
 from ..errors import CheckpointError
 from ..weights_file import FLOWSR_MODEL_KEY as METADATA_KEY
-from ..weights_file import load_exactly
+from ..weights_file import load_exactly, save_weights
 from .base import FlowSRModel
 
 BUILTIN_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "flowsr_tiny.safetensors"
@@ -86,7 +85,7 @@ def save_tiny(model: TinyFlowSR, path: str | Path, metadata: Optional[dict[str, 
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
                for k, v in model.state_dict().items()}
     header = {**(metadata or {}), METADATA_KEY: json.dumps({"architecture": "tiny", "config": model.config})}
-    save_file(tensors, str(path), metadata=header)
+    save_weights(path, tensors, header)
 
 
 def read_tiny_metadata(path: str | Path) -> Optional[dict[str, Any]]:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 
 import pytest
 import torch
@@ -208,3 +210,38 @@ def test_an_unreadable_weights_file_is_a_checkpoint_error_not_a_traceback(tmp_pa
     monkeypatch.setattr("builtins.open", refuse)
     with pytest.raises(CheckpointError, match="cannot read .*Permission denied"):
         weights_file.read_weights_file(path)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+def _save_both_formats(folder):
+    save_tiny(TinyFlowSR(SMALL_TINY_CONFIG), folder / "small.safetensors")
+    lora.save_lora(folder / "lora.safetensors", {"conv.lora_A.default.weight": torch.ones(2, 4)}, 2, ["conv"])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_weights_files_get_the_mode_any_new_file_gets(tmp_path):
+    """safetensors' own save_file makes files private (0o600): a host running as another user could not read them."""
+    previous = os.umask(0o022)
+    try:
+        _save_both_formats(tmp_path)
+    finally:
+        os.umask(previous)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["lora.safetensors", "small.safetensors"]
+    assert {stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()} == {0o644}
+    assert weights_file.read_weights_file(tmp_path / "lora.safetensors").kind == weights_file.FLOWSR_LORA
+    assert weights_file.read_weights_file(tmp_path / "small.safetensors").kind == weights_file.FLOWSR_MODEL
+
+
+def test_an_interrupted_write_leaves_the_previous_file(tmp_path, small_model_file, monkeypatch):
+    path = tmp_path / "small.safetensors"
+    path.write_bytes(small_model_file.read_bytes())
+
+    def interrupt(descriptor):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupt)
+    torch.manual_seed(1)
+    with pytest.raises(KeyboardInterrupt):
+        save_tiny(TinyFlowSR(SMALL_TINY_CONFIG), path)
+    assert path.read_bytes() == small_model_file.read_bytes() and list(tmp_path.iterdir()) == [path]
