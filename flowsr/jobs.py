@@ -39,8 +39,6 @@ WRITE_BEHIND = 2    # batches of outputs that may wait for encoding before the n
 IO_THREADS = 2
 #: How long a process waits for the others' reports at the end; the slowest shard sets the pace.
 GATHER_TIMEOUT = timedelta(days=7)
-#: How long the process hosting the store waits, after the reports, for the others to leave the process group.
-LEAVE_TIMEOUT = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -214,27 +212,8 @@ def gather_reports(report: Report, connected: bool) -> list[Report]:
     except RuntimeError as error:  # a process of the job died or stopped
         raise FlowSRError(f"another process of this job stopped before the end ({str(error).splitlines()[0]}); "
                           "this process's outputs are complete: start the job again with --resume") from None
-    leave_process_group()
+    dist.destroy_process_group()
     return reports
-
-
-def leave_process_group() -> None:
-    """Destroy the process group, rank 0 last: without torchrun's agent it hosts the store, and a process that
-    lost the store while it tore its group down crashed at exit (SIGABRT or SIGSEGV after its work was done)."""
-    import torch.distributed as dist
-
-    store = dist.distributed_c10d._get_default_store()  # no public accessor; the store outlives the group
-    rank, count = dist.get_rank(), dist.get_world_size()
-    try:
-        if rank != 0:
-            dist.destroy_process_group()
-            store.set(f"flowsr/left/{rank}", "1")
-            return
-        store.wait([f"flowsr/left/{other}" for other in range(1, count)], LEAVE_TIMEOUT)
-    except RuntimeError:  # a process died after the reports: every output is written, so the result stands
-        pass
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def split_done(tasks: Sequence[Task], resume: bool) -> tuple[list[Task], list[Task]]:
