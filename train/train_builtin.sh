@@ -10,9 +10,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d data/photos_sa/train ] || python -m train.prepare_photos --out data/photos_sa
-mkdir -p runs   # the files as commits 1a607ce (version 4) and 02b4449 (version 5) shipped them
-[ -f runs/builtin_v4.safetensors ] || git show 1a607ce:flowsr/weights/flowsr_tiny.safetensors > runs/builtin_v4.safetensors
-[ -f runs/builtin_v5.safetensors ] || git show 02b4449:flowsr/weights/flowsr_tiny.safetensors > runs/builtin_v5.safetensors
+# The built-in model as commit $1 shipped it, written to $2 whole or not at all: a shallow clone's failed
+# `git show` (or a Ctrl-C) must not leave a file that the next run takes as done.
+shipped_model() {
+    [ -f "$2" ] && return
+    git show "$1:flowsr/weights/flowsr_tiny.safetensors" > "$2.part" && mv "$2.part" "$2"
+}
+mkdir -p runs
+shipped_model 1a607ce runs/builtin_v4.safetensors   # version 4
+shipped_model 02b4449 runs/builtin_v5.safetensors   # version 5
 # All cores by default. Version 6's run took 63 + 4 minutes beside a second such run, one thread each. On a
 # CPU shared with other work set OMP_NUM_THREADS=1: there two threads wait on each other (3-4x slower, measured).
 python -m train.train --config train/configs/tiny_stage1.yaml "$@"
