@@ -18,32 +18,15 @@ import torch.nn.functional as F
 from . import flow
 from .color import MARGINS, Statistics, apply_color_fix, channel_statistics
 from .devices import empty_cache, free_memory, is_out_of_memory, resolve_device, resolve_dtype
-from .errors import BadInputError, Cancelled, OutOfMemoryError
+from .errors import BadInputError, OutOfMemoryError
 from .image_rules import checked_output_size
 from .images import ImageLike, Output, check_float_range, to_batch
 from .models.base import FlowSRModel
 from .options import SCALE, check_option, check_upscale_options
+from .progress import CancelCallback, Progress, ProgressCallback
 from .resample import padded_positions, resize_region
 from .tiling import Band, Tile, TilePlan, Tiling, downscale_to_fit, fit_size, \
     shared_group_norm_statistics
-
-ProgressCallback = Callable[[int, int], None]
-CancelCallback = Callable[[], bool]
-
-
-class _Progress:
-    """Counts network calls across a batch, reports them, and polls the cancel hook before each one."""
-
-    def __init__(self, total: int, callback: Optional[ProgressCallback], cancel: Optional[CancelCallback]):
-        self.done, self.total, self.callback, self.cancel = 0, total, callback, cancel
-
-    def tick(self) -> None:
-        if self.cancel is not None and self.cancel():
-            raise Cancelled("upscaling was cancelled")
-        self.done += 1
-        if self.callback is not None:
-            self.callback(self.done, self.total)
-
 
 class FlowSRPipeline:
     """Load once, upscale many. The model runs wherever its parameters are when ``upscale`` is called."""
@@ -80,10 +63,12 @@ class FlowSRPipeline:
         """RGB pixels (B, 3, H, W) in [0, 1] to the upscaled pixels, on the input's device, float32.
 
         Options: ``steps`` (1), ``schedule`` ("uniform"), ``tile_size`` in latent pixels (None: chosen from the
-        free memory of the model's device; 0: no tiling), ``tile_overlap``, ``tile_batch`` (tiles per network
-        call, across the images of the batch), ``color_fix`` ("wavelet"), ``seed`` (samples the encoder's latent
-        distribution instead of taking its mean), ``progress(done, total)`` (follows network calls) and
-        ``cancel()`` (polled before each call; stops the work with :class:`~flowsr.errors.Cancelled`).
+        free memory of the model's device, on a CPU at most the model's default tile; 0: no tiling),
+        ``tile_overlap``, ``tile_batch`` (tiles per network call, across the images of the batch), ``color_fix``
+        ("wavelet"), ``seed`` (samples the encoder's latent distribution instead of taking its mean),
+        ``progress(done, total)`` (network calls finished; ``total`` only once the output is written) and
+        ``cancel()`` (polled before each layer of the networks; stops the work with
+        :class:`~flowsr.errors.Cancelled`).
         """
         return self._upscale(pixels, scale, functools.partial(Output.of_tensor, pixels), **options)
 
@@ -101,21 +86,22 @@ class FlowSRPipeline:
         run = _Run(self.model, pixels.detach().float().cpu(), size, flow.schedule(schedule, steps), color_fix,
                    seed, output)
         plan = run.plan(tiling)
-        tracker = _Progress(len(plan), progress, cancel)
-        while True:
-            done_before = tracker.done
-            try:
-                run.execute(plan, tracker)
-                return output.result()
-            except Exception as error:
-                if not is_out_of_memory(error):
-                    raise
-                empty_cache(self.model.device)
-                smaller = plan.tiling.shrunk()
-                if smaller is None:
-                    raise OutOfMemoryError(_out_of_memory_advice(self.model.device)) from error
-                old_plan, plan = plan, run.plan(smaller)
-                tracker.total += (tracker.done - done_before) + len(plan) - len(old_plan)
+        tracker = Progress(len(plan), progress, cancel)
+        with tracker.checked_inside([self.model.denoiser, self.model.autoencoder]):
+            while True:
+                done_before = tracker.done
+                try:
+                    run.execute(plan, tracker)
+                    return output.result()
+                except Exception as error:
+                    if not is_out_of_memory(error):
+                        raise
+                    empty_cache(self.model.device)
+                    smaller = plan.tiling.shrunk()
+                    if smaller is None:
+                        raise OutOfMemoryError(_out_of_memory_advice(self.model.device)) from error
+                    old_plan, plan = plan, run.plan(smaller)
+                    tracker.total += (tracker.done - done_before) + len(plan) - len(old_plan)
 
     def _check_pixels(self, pixels: torch.Tensor, scale: float) -> tuple[int, int]:
         """The output's (height, width), once the pixels and the scale are known to be usable."""
@@ -135,14 +121,16 @@ class FlowSRPipeline:
         """The caller's tiling, with what they left open chosen for the model and its device's free memory."""
         model = self.model
         element = torch.finfo(model.dtype).bits // 8
-        if tile_batch is None and model.device.type == "cpu":
+        on_cpu = model.device.type == "cpu"
+        if tile_batch is None and on_cpu:
             # A CPU has no idle units for a bigger call to fill: on 2 cores a 16-frame 256^2 batch, 4 frames per
             # call, took 1.3-2.2x the time per frame of one per call and 1.5-1.9x the memory (bench_upscale.py).
             tile_batch = 1
         return Tiling.choose(tile_size, tile_overlap, tile_batch, free=free_memory(model.device),
                              output_pixels=size[0] * size[1], latent_factor=model.latent_factor,
                              bytes_per_pixel=model.untiled_bytes_per_pixel * element / 2,
-                             default_size=model.default_tile_size, default_overlap=model.default_tile_overlap)
+                             default_size=model.default_tile_size, default_overlap=model.default_tile_overlap,
+                             largest=model.cpu_tile_size if on_cpu else None)
 
 
 def _check_options(steps, schedule, tile_size, tile_overlap, tile_batch, color_fix, seed) -> None:
@@ -190,7 +178,7 @@ class _Run:
         """Encoder, each flow step, decoder: that many passes over the tiles."""
         return TilePlan(self.grid, len(self.lr), tiling, passes=len(self.times) + 1)
 
-    def execute(self, plan: TilePlan, tracker: _Progress) -> None:
+    def execute(self, plan: TilePlan, tracker: Progress) -> None:
         generator = None if self.seed is None else torch.Generator(self.model.device).manual_seed(self.seed)
         latent = self._first_step(plan, tracker, generator)
         for index in range(1, len(self.times) - 1):
@@ -199,25 +187,27 @@ class _Run:
 
     # -- the latent: encoder and the first flow step per tile, further steps over the blended latent
 
-    def _first_step(self, plan: TilePlan, tracker: _Progress, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def _first_step(self, plan: TilePlan, tracker: Progress, generator: Optional[torch.Generator]) -> torch.Tensor:
         """Each tile encoded and moved one Euler step, blended into the latent after that step (on the host)."""
         model = self.model
         band, weights = Band(len(self.lr), model.latent_channels, self.grid[1], height=self.grid[0]), plan.weights()
         with self._statistics(plan, self._encoder_calibration) as select:
             for group in plan.groups:
-                tracker.tick()
+                tracker.check()
                 select([tile.image for tile in group])
                 x = model.encode_fp32(torch.cat([self._encoder_input(tile) for tile in group]), generator)
-                tracker.tick()
+                tracker.finished()
                 self._blend(band, group, self._euler(x, 0), weights)
+                tracker.finished()
         return band.pop(self.grid[0])
 
-    def _step(self, plan: TilePlan, tracker: _Progress, latent: torch.Tensor, index: int) -> torch.Tensor:
+    def _step(self, plan: TilePlan, tracker: Progress, latent: torch.Tensor, index: int) -> torch.Tensor:
         band, weights = Band(len(self.lr), latent.shape[1], self.grid[1], height=self.grid[0]), plan.weights()
         for group in plan.groups:
-            tracker.tick()
+            tracker.check()
             x = torch.stack([latent[tile.image, :, tile.rows, tile.cols] for tile in group]).to(self.model.device)
             self._blend(band, group, self._euler(x, index), weights)
+            tracker.finished()
         return band.pop(self.grid[0])
 
     def _euler(self, x: torch.Tensor, index: int) -> torch.Tensor:
@@ -254,7 +244,7 @@ class _Run:
 
     # -- pixels: decoder tiles blended into a band of rows; final rows colour-fixed into the output
 
-    def _decode(self, plan: TilePlan, tracker: _Progress, latent: torch.Tensor) -> None:
+    def _decode(self, plan: TilePlan, tracker: Progress, latent: torch.Tensor) -> None:
         model, factor, (height, width) = self.model, self.model.latent_factor, self.size
         band, weights, small = Band(len(self.lr), 3, width), plan.weights(factor), []
         with self._statistics(plan, lambda side: small.extend(self._small_decodes(side, latent))) as select:
@@ -263,7 +253,7 @@ class _Run:
                 adain = _adain_statistics(self.lr, small or self._small_decodes(plan.tiling.side(self.grid), latent))
             writer = _RowWriter(self, plan, adain)
             for index, group in enumerate(plan.groups):
-                tracker.tick()
+                tracker.check()
                 select([tile.image for tile in group])
                 z = torch.stack([latent[tile.image, :, tile.rows, tile.cols] for tile in group])
                 pixels = model.decode_fp32(z.to(model.device)).cpu()
@@ -274,6 +264,7 @@ class _Run:
                     band.add(tile.image, rows, cols, tile_pixels[:, :shape[0], :shape[1]],
                              weights[:shape[0], :shape[1]])
                 writer.release(band, min(height, plan.final_rows(index) * factor))
+                tracker.finished()  # the last call counts once the whole output is written
 
     def _small_decodes(self, side: int, latent: torch.Tensor) -> list[torch.Tensor]:
         """Each image's latent shrunk to one tile and decoded: the decoder's GroupNorm calibration, and the

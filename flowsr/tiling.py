@@ -70,18 +70,20 @@ class Tiling:
     @classmethod
     def choose(cls, size: Optional[int], overlap: Optional[int], batch: Optional[int], *, free: Optional[int],
                output_pixels: int, latent_factor: int, bytes_per_pixel: float, default_size: int,
-               default_overlap: int) -> "Tiling":
+               default_overlap: int, largest: Optional[int] = None) -> "Tiling":
         """The caller's tiling, with what they left open (None) chosen for ``free`` bytes of working memory.
 
         No tiles when the whole image fits in half the free memory: one pass is the fastest and the exact one.
         Otherwise the largest tile of which a call fits in an eighth of it; with automatic tiles, as many tiles
         (or whole images of a batch) per call as fit in a quarter. ``bytes_per_pixel`` is the working memory one output pixel needs. With
-        ``free`` unknown, the model's defaults.
+        ``free`` unknown, the model's defaults. An automatic tile is at most ``largest`` a side when given.
         """
         automatic = size is None
         if automatic:
-            size = cls._automatic_size(free, output_pixels, latent_factor, bytes_per_pixel, default_size,
-                                       smallest=2 * overlap if overlap else MIN_TILE_SIZE)
+            smallest = 2 * overlap if overlap else MIN_TILE_SIZE
+            size = cls._automatic_size(free, output_pixels, latent_factor, bytes_per_pixel, default_size, smallest)
+            if largest is not None and (size == 0 or size > largest):
+                size = max(largest, smallest)
         if batch is None:  # automatic with automatic tiles only: a tile size asked for means one tile per call
             call_pixels = output_pixels if size == 0 else (size * latent_factor) ** 2
             batch = _fitting(free / 4, call_pixels * bytes_per_pixel) if automatic and free is not None else 1

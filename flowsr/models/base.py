@@ -31,6 +31,10 @@ class FlowSRModel(nn.Module):
     #: Tile side and overlap (latent pixels) when the caller leaves tiling automatic and memory is unknown.
     default_tile_size: int = 96
     default_tile_overlap: int = 32
+    #: The largest automatic tile side on a CPU: one layer over a larger one runs for seconds, and Cancel is
+    #: looked for between layers (SD 2.1's VAE decoder, 2 cores: its largest convolution took 1.6 s at 64,
+    #: 5.8 s at 96; bench/bench_cancel.py).
+    cpu_tile_size: int = 64
     #: Accelerator memory one output pixel needs in an untiled half-precision pass, weights aside (the SD 2.1
     #: architecture at 512 -> 2048 in bf16 peaked at 11.7 GiB with 1.9 GiB of weights: about 2.5 KB).
     untiled_bytes_per_pixel: int = 2600

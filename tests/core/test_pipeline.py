@@ -90,16 +90,90 @@ def test_tiling_of_a_local_model_is_seamless(image):
     assert (whole - tiled).abs().max() < 1e-4
 
 
-def test_progress_reaches_total_and_cancel_stops_between_tiles(tiny_pipeline, image):
-    calls = []
-    tiny_pipeline.upscale_tensor(image, steps=2, tile_size=16, tile_overlap=4, progress=lambda d, t: calls.append((d, t)))
-    assert calls[-1][0] == calls[-1][1] == len(calls) and len(calls) > 4
+def leaves(model):
+    return [m for network in (model.denoiser, model.autoencoder) for m in network.modules()
+            if next(m.children(), None) is None]
 
-    polled = []
+
+class LayersRun(contextlib.AbstractContextManager):
+    """Counts the leaf layers of a model's networks that have finished running."""
+
+    def __init__(self, model):
+        self.model, self.count = model, 0
+
+    def __enter__(self):
+        self.handles = [m.register_forward_hook(self.finished) for m in leaves(self.model)]
+        return self
+
+    def finished(self, module, inputs, output):
+        self.count += 1
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+def test_progress_counts_finished_calls_and_reaches_total_only_at_the_end(tiny_pipeline, image):
+    calls = []
+    with LayersRun(tiny_pipeline.model) as layers:
+        tiny_pipeline.upscale_tensor(image, steps=2, tile_size=16, tile_overlap=4,
+                                     progress=lambda d, t: calls.append((d, t, layers.count)))
+        layers_in_all = layers.count
+    total = calls[-1][1]
+    assert [done for done, _, _ in calls] == list(range(1, total + 1)) and total > 4
+    # a call is counted once it ran: the first velocity call after its layers ran, no layer after the last count
+    assert calls[1][2] > calls[0][2] and calls[-1][2] == layers_in_all
+
+
+def test_cancel_asked_during_a_call_stops_it_at_the_next_layer(tiny_pipeline, image):
+    """One untiled velocity call; Cancel pressed after its fifth layer: the sixth never runs."""
+    model, reported = tiny_pipeline.model, []
+    with LayersRun(model) as layers, pytest.raises(Cancelled):
+        tiny_pipeline.upscale_tensor(image, tile_size=0, cancel=lambda: layers.count >= 5,
+                                     progress=lambda d, t: reported.append((d, t)))
+    assert layers.count == 5 < len(leaves(model))
+    assert reported == [(1, 3)]  # the encoder's call; the velocity call stopped, nothing more counted
+    assert all(not m._forward_pre_hooks for m in leaves(model))
+
+
+def test_the_cancel_checks_are_removed_after_an_upscale_whatever_its_end(tiny_pipeline, image):
+    model = tiny_pipeline.model
+    tiny_pipeline.upscale_tensor(image, tile_size=16, tile_overlap=4, cancel=lambda: False)
+    assert all(not m._forward_pre_hooks for m in leaves(model))
     with pytest.raises(Cancelled):
-        tiny_pipeline.upscale_tensor(image, tile_size=16, tile_overlap=4,
-                                     cancel=lambda: polled.append(1) or len(polled) > 2)
-    assert len(polled) == 3
+        tiny_pipeline.upscale_tensor(image, cancel=lambda: True)
+    assert all(not m._forward_pre_hooks for m in leaves(model))
+
+    def broken_cancel():
+        raise KeyError("a host's own error")
+    with pytest.raises(KeyError):
+        tiny_pipeline.upscale_tensor(image, cancel=broken_cancel)
+    assert all(not m._forward_pre_hooks for m in leaves(model))
+
+
+def test_cancel_is_polled_inside_any_module_network(image):
+    """A hand-written network (no diffusers) gets the same checks: the first of its layers polls Cancel."""
+    class TwoLayers(FlowSRModel):
+        latent_factor, pad_multiple, latent_channels = 4, 16, 48
+
+        def __init__(self):
+            super().__init__()
+            self.autoencoder = torch.nn.Identity()
+            self.denoiser = torch.nn.Sequential(torch.nn.Conv2d(48, 48, 1), torch.nn.Conv2d(48, 48, 1))
+
+        def encode(self, pixels, generator=None):
+            return F.pixel_unshuffle(pixels, 4)
+
+        def decode(self, latent):
+            return F.pixel_shuffle(latent, 4)
+
+        def velocity(self, x_t, t):
+            return self.denoiser(x_t)
+
+    pipe, polls = FlowSRPipeline(TwoLayers()), []
+    pipe.upscale_tensor(image, tile_size=0, cancel=lambda: polls.append(1) and False)
+    # before the tile's encoder-and-first-step and its decoder, and before each of the velocity call's 2 layers
+    assert len(polls) == 2 + 2
 
 
 class OutOfMemoryAbove(contextlib.AbstractContextManager):
@@ -255,6 +329,8 @@ def test_numpy_and_torch_keep_their_layout(tiny_pipeline):
 def test_automatic_tiles_follow_free_memory(tiny_pipeline, monkeypatch):
     import flowsr.pipeline as pipeline
 
+    monkeypatch.setattr(tiny_pipeline.model, "cpu_tile_size", None)  # the memory rule alone, as on a GPU
+
     def tiling(free, size):
         monkeypatch.setattr(pipeline, "free_memory", lambda device: free)
         return tiny_pipeline._tiling(size, None, None, None)
@@ -265,6 +341,18 @@ def test_automatic_tiles_follow_free_memory(tiny_pipeline, monkeypatch):
     assert tight.size < roomy.size and tight.batch <= roomy.batch
     assert tiling(2 ** 20, (16384, 16384)) == Tiling(16, 5, 1)  # the smallest tile, however little is free
     assert tiling(None, (512, 512)).size == tiny_pipeline.model.default_tile_size  # unknown (MPS): the default
+
+
+def test_on_the_cpu_an_automatic_tile_is_at_most_the_models_cpu_tile(tiny_pipeline, image, monkeypatch):
+    import flowsr.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "free_memory", lambda device: 80 * 2 ** 30)  # room for any image whole
+    cap = tiny_pipeline.model.cpu_tile_size
+    assert tiny_pipeline._tiling((4096, 4096), None, None, None).size == cap
+    assert tiny_pipeline._tiling((4096, 4096), 0, None, None).size == 0  # asked for: no tiles
+    assert tiny_pipeline._tiling((4096, 4096), None, cap, None).size == 2 * cap  # room for the overlap asked
+    # an image within one such tile runs as one tile, exactly as untiled
+    assert torch.equal(tiny_pipeline.upscale_tensor(image), tiny_pipeline.upscale_tensor(image, tile_size=0))
 
 
 def test_an_overlap_too_large_for_the_automatic_tile_is_refused_before_any_work(tiny_pipeline, image, monkeypatch):
