@@ -212,7 +212,7 @@ def _working_memory(flowsr_model: LoadedFlowSR) -> int:
 
 
 class _ProgressBar:
-    """flowsr's ``progress(done, total)`` onto ComfyUI's progress bar (one tick per network call, i.e. tile).
+    """flowsr's ``progress(done, total)`` onto ComfyUI's progress bar (one tick per finished network call).
 
     ComfyUI's progress hook also raises when Cancel was pressed, so this stops work too.
     """
@@ -227,8 +227,8 @@ class _ProgressBar:
 
 
 def _stop_if_interrupted() -> bool:
-    """flowsr's cancel hook, polled before every tile: raise ComfyUI's own interrupt exception, so that
-    ComfyUI reports 'interrupted' rather than an error."""
+    """flowsr's cancel hook, polled before every layer of the networks (a lock and a flag): raise ComfyUI's own
+    interrupt exception, so that ComfyUI reports 'interrupted' rather than an error."""
     model_management.throw_exception_if_processing_interrupted()
     return False
 

@@ -191,6 +191,7 @@ def free_host_memory() -> None:
 
 
 def interrupted() -> bool:
+    """flowsr's cancel hook, polled before every layer of the networks: Interrupt and Skip stop the upscale."""
     return bool(shared.state.interrupted or shared.state.skipped)
 
 
@@ -327,6 +328,10 @@ class UpscalerFlowSR(Upscaler):
 class ConsoleProgress:
     """A1111's progress (``shared.state``, which the web UI and the API poll) and one console line per upscale.
 
+    The web UI and /sdapi/v1/progress show ``job_no / job_count`` plus the share of this job's steps done. Extras
+    counts its image as a finished job as it starts it (``state.nextjob()`` comes first), so they would show the
+    end all the while FlowSR works: for that while the image counts as not yet finished, as in txt2img.
+
     The bar starts at the first network call, once the total is known (a bar without a total prints a
     "0call" frame of its own), and only its closing frame shows the end (tqdm redraws when it closes, so
     drawing the last call too would print 100% twice).
@@ -336,6 +341,9 @@ class ConsoleProgress:
         self.console = console
         self.bar = None
         self.started = time.time()
+        self.in_extras = getattr(shared.state, "job", "") == "extras" and getattr(shared.state, "job_no", 0) > 0
+        if self.in_extras:
+            shared.state.job_no -= 1
 
     def __call__(self, done: int, total: int) -> None:
         shared.state.sampling_steps, shared.state.sampling_step = total, done
@@ -353,6 +361,8 @@ class ConsoleProgress:
             self.bar.n = done  # drawn by close()
 
     def close(self) -> None:
+        if self.in_extras:
+            shared.state.job_no += 1
         if self.bar is not None:
             self.bar.close()
 

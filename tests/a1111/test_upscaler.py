@@ -151,6 +151,45 @@ def test_interrupt_stops_between_tiles_and_returns_a1111s_resize(start_a1111, bu
     assert a1111.devices.torch_gc_calls > gc_before
 
 
+class ProgressAsA1111Shows:
+    """A1111's state, recording what /sdapi/v1/progress would answer each time FlowSR reports a network call."""
+
+    def __init__(self, state):
+        object.__setattr__(self, "state", state)
+        object.__setattr__(self, "shown", [])
+
+    def __getattr__(self, name):
+        return getattr(self.state, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.state, name, value)
+        if name == "sampling_step":
+            self.shown.append(self.progress())
+
+    def progress(self) -> float:
+        """modules/api/api.py's progressapi, v1.10.1."""
+        state, progress = self.state, 0.01
+        progress += state.job_no / state.job_count
+        if state.sampling_steps > 0:
+            progress += 1 / state.job_count * state.sampling_step / state.sampling_steps
+        return min(progress, 1)
+
+
+def test_extras_progress_shows_the_end_only_at_the_end(start_a1111, builtin_small):
+    """Extras counts its image as done when it starts it (nextjob() first); while FlowSR runs it is not."""
+    a1111 = start_a1111("--use-cpu", "all")
+    a1111.shared.opts.flowsr_tile_size = 16
+    state = a1111.shared.state
+    state.begin(job="extras")
+    state.job_count, state.job_no = 1, 1  # as run_postprocessing leaves them for its one image
+    a1111.shared.state = shown = ProgressAsA1111Shows(state)
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    upscaler.scaler.upscale(picture(40, 40), 4, upscaler.data_path)
+    assert len(shown.shown) > 4 and shown.shown == sorted(shown.shown)
+    assert max(shown.shown[:-1]) < 1 and shown.shown[-1] == 1
+    assert state.job_no == 1  # Extras' own count, back as it was
+
+
 def test_skip_also_stops(start_a1111, builtin_small):
     a1111 = start_a1111("--use-cpu", "all")
     a1111.shared.state.skip()
