@@ -57,16 +57,17 @@ def _take(prefixes) -> dict[str, ModuleType]:
     return {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] in prefixes}
 
 
-def load_pack(module_name: str | None = None, v3: bool = True, blocked: tuple[str, ...] = ()) -> ModuleType:
-    """Import the pack as ComfyUI does; ``v3=False`` plays an older ComfyUI without ``comfy_api``, and
+def load_pack(module_name: str | None = None, v3: bool = True, blocked: tuple[str, ...] = (),
+              root: Path = REPO_ROOT) -> ModuleType:
+    """Import the pack in ``root`` as ComfyUI does; ``v3=False`` plays an older ComfyUI without ``comfy_api``, and
     ``blocked`` names more modules to hide (all of ComfyUI's: plain Python outside ComfyUI). The stand-ins
     already imported stay as they were for the other tests."""
-    module_name = module_name or str(REPO_ROOT).replace(".", "_x_")
+    module_name = module_name or str(root).replace(".", "_x_")
     _take({module_name})
     FINDER.blocked = set(blocked) | (set() if v3 else {"comfy_api"})
     hidden = _take(FINDER.blocked)
     try:
-        spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "__init__.py")
+        spec = importlib.util.spec_from_file_location(module_name, root / "__init__.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
