@@ -12,7 +12,8 @@ starts ``main.py --cpu --disable-api-nodes`` on 127.0.0.1, and checks:
 - every workflow validates against the live ``/object_info``, its ``workflows/api`` twin is what the
   frontend would queue, and the twin runs through ``POST /prompt`` with the built-in model, producing
   images of the size the graph implies; the progress bar advanced per tile;
-- Cancel (``POST /interrupt``) stops a long upscale at the tile under way;
+- Cancel (``POST /interrupt``) stops a 768x576 4x upscale within ``CANCEL_DELAY_LIMIT_S`` of the press, early
+  and late in the run, inside the network call under way (the delays are in the report);
 - scale 0 is refused at validation and a wrong file in the loader fails with FlowSR's message, the server
   staying up;
 - with ``--browser /usr/bin/chromium``: ComfyUI's page in that browser, as ``comfyui_browser.py`` says
@@ -51,6 +52,12 @@ import comfyui_workflows as checker  # noqa: E402
 PACK_FOLDER = "ComfyUI-FlowSR"
 OUR_NODES = ("FlowSRLoader", "FlowSRUpscale", "FlowSRRefine")
 INPUT_NAME = "flowsr_driver_input.png"
+#: Cancel must stop an upscale within this many seconds of the press (issue 24: "within a second"; the margin
+#: is for the websocket and a busy machine): FlowSR looks for it before every layer of its networks.
+CANCEL_DELAY_LIMIT_S = 1.5
+#: The Cancel check's upscale, the one the issue measured 11-12 s of delay on: 768x576 at 4x, automatic tiles.
+CANCEL_INPUT_SIZE, CANCEL_SCALE = (768, 576), 4.0
+PROMPT_ENDS = ("execution_interrupted", "execution_error", "execution_success")
 
 
 class Server:
@@ -120,10 +127,12 @@ class Server:
 
 
 class ProgressListener:
-    """Collects the server's websocket ``progress`` messages for our client (aiohttp: ComfyUI depends on it)."""
+    """Collects the server's websocket ``progress`` messages for our client, and when each prompt ended, with
+    their arrival times (aiohttp: ComfyUI depends on it)."""
 
     def __init__(self, server: Server):
         self.messages: list[dict] = []
+        self.ends: dict[str, tuple[str, float]] = {}  # prompt id: (how it ended, when the message arrived)
         self.url = server.url.replace("http", "ws", 1) + f"/ws?clientId={server.client_id}"
         self.ready = threading.Event()
         threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True).start()
@@ -139,7 +148,9 @@ class ProgressListener:
                     if message.type == aiohttp.WSMsgType.TEXT:
                         data = json.loads(message.data)
                         if data.get("type") == "progress":
-                            self.messages.append(data["data"])
+                            self.messages.append({**data["data"], "arrived": time.monotonic()})
+                        elif data.get("type") in PROMPT_ENDS:
+                            self.ends[data["data"].get("prompt_id")] = (data["type"], time.monotonic())
 
     def for_prompt(self, prompt_id: str) -> list[dict]:
         return [m for m in self.messages if m.get("prompt_id") == prompt_id]
@@ -344,36 +355,61 @@ def last_tick(listener: ProgressListener, prompt_id: str, node_id: str) -> tuple
     return (ticks[-1]["value"], ticks[-1]["max"]) if ticks else (0, None)
 
 
-def check_cancel(server: Server, workflows: list[Path], listener: ProgressListener, report: Report,
+def check_cancel(server: Server, comfyui: Path, workflows: list[Path], listener: ProgressListener, report: Report,
                  timeout: float) -> dict:
-    """Queue a long tiled upscale (8x, 16-latent tiles) of the full-size example.png, press Cancel once its
-    tiles run, and count the tiles after that: FlowSR looks for Cancel before each network call, so the one
-    under way is the last (one more may have been on its way to us). Counts, not a clock: a loaded machine
-    is slow, a fast one makes hundreds of calls a second with the built-in model."""
+    """Press Cancel during an upscale of 768x576 at 4x with automatic tiles, early (once its first network call
+    is done) and late (half its calls done), and time each press to the end of the run: within
+    ``CANCEL_DELAY_LIMIT_S``, interrupted rather than failed, and no network call finished after the one under
+    way (one more progress message may have been on its way)."""
+    from PIL import Image
+
     path = checker.simplest_workflow(workflows)
-    prompt = json.loads((path.parent / "api" / path.name).read_text())
-    node_id = next(n for n, node in prompt.items() if node["class_type"] == "FlowSRUpscale")
-    prompt[node_id]["inputs"].update(seed=12345, scale=8.0, tile_size=16, tile_overlap=4)  # uncached, and long
+    with Image.open(comfyui / "input" / "example.png") as image:
+        image.convert("RGB").resize(CANCEL_INPUT_SIZE, Image.LANCZOS).save(comfyui / "input" / "flowsr_cancel.png")
+    presses = []
+    for seed, moment in ((12345, "early"), (12346, "late")):  # a seed of its own: ComfyUI caches nothing
+        prompt = json.loads((path.parent / "api" / path.name).read_text())
+        node_id = next(n for n, node in prompt.items() if node["class_type"] == "FlowSRUpscale")
+        prompt[node_id]["inputs"].update(seed=seed, scale=CANCEL_SCALE, tile_size=-1, tile_overlap=-1)
+        next(node for node in prompt.values() if node["class_type"] == "LoadImage")["inputs"]["image"] = \
+            "flowsr_cancel.png"
+        presses.append(press_cancel(server, listener, report, prompt, node_id, moment, timeout))
+    delays = [p["delay_s"] for p in presses if p.get("delay_s") is not None]
+    report.check(f"cancel: stopped within {CANCEL_DELAY_LIMIT_S} s of each press",
+                 len(delays) == len(presses) and max(delays) <= CANCEL_DELAY_LIMIT_S, delays)
+    return {"workflow": path.stem, "input": f"{CANCEL_INPUT_SIZE[0]}x{CANCEL_INPUT_SIZE[1]} at {CANCEL_SCALE:g}x",
+            "limit_s": CANCEL_DELAY_LIMIT_S, "presses": presses}
+
+
+def press_cancel(server: Server, listener: ProgressListener, report: Report, prompt: dict, node_id: str,
+                 moment: str, timeout: float) -> dict:
+    """Queue ``prompt``, press Cancel once its first call (``early``) or half its calls (``late``) are done, and
+    measure from the press to the websocket message that says the run ended."""
     status, answer = server.queue(prompt)
-    if not report.check("cancel: long prompt queued", status == 200, "" if status == 200 else answer):
-        return {}
+    if not report.check(f"cancel ({moment}): long prompt queued", status == 200, "" if status == 200 else answer):
+        return {"moment": moment}
     prompt_id = answer["prompt_id"]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and last_tick(listener, prompt_id, node_id)[0] < 1:
-        time.sleep(0.05)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and prompt_id not in listener.ends:
+        done, total = last_tick(listener, prompt_id, node_id)
+        if done >= (1 if moment == "early" else max(1, (total or 2) // 2)):
+            break
+        time.sleep(0.02)
     pressed = time.monotonic()
     server.request("POST", "/interrupt", {})
     at_cancel, total = last_tick(listener, prompt_id, node_id)
     entry = server.wait_history(prompt_id, timeout)
-    stopped_after = round(time.monotonic() - pressed, 2)
+    while prompt_id not in listener.ends and time.monotonic() < deadline:
+        time.sleep(0.02)  # the history can answer before the websocket message arrives
+    how, ended = listener.ends.get(prompt_id, ("no end message", None))
+    delay = None if ended is None else round(ended - pressed, 2)
     stopped = last_tick(listener, prompt_id, node_id)[0]
-    interrupted = any(m[0] == "execution_interrupted" for m in entry["status"].get("messages", []))
-    report.check("cancel: the run was interrupted, not failed", interrupted, entry["status"]["status_str"])
-    report.check("cancel: no tile after the one under way",
-                 0 < at_cancel <= stopped <= at_cancel + 2 < (total or 0),
-                 f"tile {at_cancel} of {total} when Cancel answered, stopped at {stopped}, {stopped_after} s later")
-    return {"workflow": path.stem, "stopped_after_s": stopped_after, "interrupted": interrupted,
-            "tiles": {"at_cancel": at_cancel, "stopped": stopped, "total": total}}
+    report.check(f"cancel ({moment}): the run was interrupted, not failed",
+                 how == "execution_interrupted", f"{how}; {entry['status']['status_str']}")
+    report.check(f"cancel ({moment}): no call finished after the one under way",
+                 0 < at_cancel <= stopped <= at_cancel + 1 < (total or 0),
+                 f"call {at_cancel} of {total} done when Cancel was pressed, {stopped} when it stopped, {delay} s later")
+    return {"moment": moment, "delay_s": delay, "calls": {"at_cancel": at_cancel, "stopped": stopped, "total": total}}
 
 
 def write_foreign_safetensors(path: Path) -> None:
@@ -434,7 +470,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="side of the input image the workflows load (example.png resized); 0: as shipped")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one workflow may take")
     parser.add_argument("--thumbnails", type=Path, help="also write <workflow>.jpg from each workflow's output")
-    parser.add_argument("--skip-cancel", action="store_true", help="skip the Cancel check (about a minute)")
+    parser.add_argument("--skip-cancel", action="store_true", help="skip the Cancel check (about 20 s)")
     parser.add_argument("--browser", help="Chromium to open ComfyUI's page in (e.g. /usr/bin/chromium)")
     parser.add_argument("--screenshots", type=Path, help="where the browser checks' screenshots go "
                                                          "(default: OUT/screenshots)")
@@ -467,7 +503,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 server.url, args.browser, pack.name, workflows, object_info, report,
                 args.screenshots or args.out / "screenshots", args.timeout)
         if not args.skip_cancel:
-            summary["cancel"] = check_cancel(server, workflows, listener, report, args.timeout)
+            summary["cancel"] = check_cancel(server, comfyui, workflows, listener, report, args.timeout)
     except Exception as error:  # report what broke, then still stop the server
         report.check("driver ran to the end", False, f"{type(error).__name__}: {error}")
     finally:
@@ -480,6 +516,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     lines += [f"- {w['workflow']}: {w['seconds']} s, " + ", ".join(
         f"{o['file']} {o['height_width'][1]}x{o['height_width'][0]}" for o in w["outputs"])
         for w in summary.get("workflows", [])]
+    cancel = summary.get("cancel") or {}
+    lines += [f"- Cancel ({cancel['input']}), {p['moment']}: stopped {p.get('delay_s')} s after the press "
+              f"(limit {cancel['limit_s']} s)" for p in cancel.get("presses", [])]
     lines += ["", f"{sum(c['ok'] for c in report.checks)} passed, {sum(not c['ok'] for c in report.checks)} failed"]
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
