@@ -56,8 +56,10 @@ class PollTimes:
         self.polls: list[tuple[float, str]] = []
 
     def __call__(self) -> bool:
-        layer = sys._getframe(2).f_locals.get("module")  # Progress._before_layer(self, module, inputs)
-        self.polls.append((time.perf_counter(), self.names.get(id(layer), "between calls")))
+        caller = sys._getframe(2)  # Progress._before_layer(self, module, inputs), or the pipeline's own code
+        layer = caller.f_locals.get("module")
+        where = self.names.get(id(layer)) if layer is not None else f"{caller.f_code.co_name} (pipeline)"
+        self.polls.append((time.perf_counter(), where))
         return False
 
     def largest_gaps(self, end: float, count: int = 3) -> list[tuple[float, str]]:
@@ -89,7 +91,7 @@ def in_process(args: argparse.Namespace) -> None:
     for label, layout in layouts:
         polls = PollTimes(pipe.model)
         seconds = timed(pipe, image, layout, cancel=polls)
-        gaps = ", ".join(f"{gap:.3f} s before {where}" for gap, where in polls.largest_gaps(time.perf_counter()))
+        gaps = ", ".join(f"{gap:.3f} s after the poll in {where}" for gap, where in polls.largest_gaps(time.perf_counter()))
         print(f"  {label}: {seconds:.2f} s, {len(polls.polls)} polls; largest gaps: {gaps}")
 
 
@@ -106,7 +108,7 @@ def command_line(args: argparse.Namespace) -> None:
             process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
             for line in process.stderr:
-                if line.startswith("BENCH: upscale started"):
+                if "BENCH: upscale started" in line:  # after the job bar's first frame
                     break
             time.sleep(after)
             sent = time.perf_counter()

@@ -251,7 +251,7 @@ class _Run:
             adain = None
             if self.method == "adain" and not plan.whole:
                 adain = _adain_statistics(self.lr, small or self._small_decodes(plan.tiling.side(self.grid), latent))
-            writer = _RowWriter(self, plan, adain)
+            writer = _RowWriter(self, plan, adain, tracker)
             for index, group in enumerate(plan.groups):
                 tracker.check()
                 select([tile.image for tile in group])
@@ -292,8 +292,9 @@ class _RowWriter:
     that it equals the fix of the whole image (row ``r`` is written once rows up to ``r + margin`` are final).
     """
 
-    def __init__(self, run: _Run, plan: TilePlan, adain_statistics: Optional[list[tuple[Statistics, Statistics]]]):
-        self.run, self.adain_statistics = run, adain_statistics
+    def __init__(self, run: _Run, plan: TilePlan, adain_statistics: Optional[list[tuple[Statistics, Statistics]]],
+                 tracker: Progress):
+        self.run, self.adain_statistics, self.tracker = run, adain_statistics, tracker
         self.margin = MARGINS[run.method]
         self.chunk = plan.tile_shape[1] * run.model.latent_factor
         self.rows: Optional[torch.Tensor] = None  # final, not yet written rows plus the margin above them
@@ -320,6 +321,7 @@ class _RowWriter:
         run, margin, width = self.run, self.margin, self.run.size[1]
         read = slice(max(start - margin, self.top), min(stop + margin, self.top + self.rows.shape[2]))
         for left in range(0, width, self.chunk):
+            self.tracker.check()  # the fix of a band of rows takes seconds on a CPU
             right = min(left + self.chunk, width)
             cols = slice(max(left - margin, 0), min(right + margin, width))
             content = self.rows[image:image + 1, :, read.start - self.top:read.stop - self.top, cols]

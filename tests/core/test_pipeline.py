@@ -172,8 +172,9 @@ def test_cancel_is_polled_inside_any_module_network(image):
 
     pipe, polls = FlowSRPipeline(TwoLayers()), []
     pipe.upscale_tensor(image, tile_size=0, cancel=lambda: polls.append(1) and False)
-    # before the tile's encoder-and-first-step and its decoder, and before each of the velocity call's 2 layers
-    assert len(polls) == 2 + 2
+    # before the tile's encoder-and-first-step, its decoder and its rows' colour fix, and before each of the
+    # velocity call's 2 layers
+    assert len(polls) == 3 + 2
 
 
 class OutOfMemoryAbove(contextlib.AbstractContextManager):
