@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 from .errors import FlowSRError, BadInputError, CheckpointError
 from .families import SD21_BASE
+from .downloads import CACHE_ENVIRONMENT_VARIABLE, KNOWN_FILES
 from .options import UPSCALE_OPTIONS, add_upscale_options, check_upscale_options, cli_labels
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -32,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "default: the built-in small model")
     up.add_argument("--base-model", help=f"{SD21_BASE.name} for the public weights: a diffusers folder, a "
                                          "single-file .safetensors, or a hub id (with --allow-download)")
-    up.add_argument("--allow-download", action="store_true", help="let --base-model be fetched from the hub")
+    up.add_argument("--allow-download", action="store_true", help="let a hub id as --base-model, and the bare names "
+                    f"{' and '.join(file.filename for file in KNOWN_FILES)}, be fetched from the hub (into "
+                    f"${CACHE_ENVIRONMENT_VARIABLE}, default ~/.cache/flowsr)")
     add_upscale_options(up)
     up.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu; under torchrun or accelerate "
                                                      "launch, auto and cuda mean each process's own GPU")

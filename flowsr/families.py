@@ -34,6 +34,8 @@ class BaseModelFamily:
     file_name_pattern: re.Pattern
     #: A diffusers folder on the hub with the same files, for those who want one.
     hub_folder: str
+    #: The hub repository that holds ``single_file`` at its top level, for downloads by name.
+    single_file_repo: str
     #: ``module:Class`` of the FlowSR model built on it (imported only when a model is built).
     model_class: str
 
@@ -70,6 +72,7 @@ SD21_BASE = BaseModelFamily(
     single_file="v2-1_512-ema-pruned.safetensors",
     file_name_pattern=re.compile(r"v2-1_512|2[-_.]?1[-_]base", re.IGNORECASE),
     hub_folder="Manojb/stable-diffusion-2-1-base",
+    single_file_repo="Manojb/stable-diffusion-2-1-base",  # a re-upload of stabilityai's removed repository
     model_class="flowsr.models.sd:SDFlowSRModel",
 )
 

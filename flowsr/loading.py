@@ -5,6 +5,8 @@
 - ``flowsr.safetensors`` (the public LoRA format): applied to an SD 2.1-base model given as a diffusers
   folder, a single ``.safetensors`` file in the original LDM layout, or a Hugging Face hub id (read from the
   local hub cache; downloaded only with ``allow_download=True``).
+- the bare names ``flowsr.safetensors`` and ``v2-1_512-ema-pruned.safetensors``, where no such file is here:
+  the copy in :func:`flowsr.downloads.cache_folder`, downloaded there with ``allow_download=True``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Optional
 import torch
 
 from .devices import resolve_device, resolve_dtype
+from .downloads import locate
 from .errors import CheckpointError
 from .families import FAMILIES, BaseModelFamily, base_model_help, family_for_width
 from .lora import apply_lora, usable_lora
@@ -60,7 +63,7 @@ def _load_on_cpu(checkpoint: Optional[PathLike], base_model: Optional[PathLike],
                                   "FlowSR weights too (--checkpoint flowsr.safetensors, from the hub repo "
                                   "chunjie-spring/FlowSR)")
         return tiny.load_builtin()
-    file = read_weights_file(checkpoint)
+    file = read_weights_file(locate(checkpoint, allow_download))
     if file.kind == FLOWSR_MODEL:
         if base_model is not None:
             logger.warning("%s is a full FlowSR model; the base model %s is not used", file.path, base_model)
@@ -78,7 +81,7 @@ def _load_on_cpu(checkpoint: Optional[PathLike], base_model: Optional[PathLike],
 def load_base_components(base_model: PathLike, allow_download: bool = False,
                          family: BaseModelFamily = FAMILIES[0]):
     """``(unet, vae, text_encoder, tokenizer)`` of the base model, in fp32 on the CPU."""
-    path = Path(base_model).expanduser()
+    path = Path(locate(base_model, allow_download)).expanduser()
     if path.is_dir():
         return load_diffusers_folder(path)
     if path.is_file():

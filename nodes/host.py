@@ -18,6 +18,7 @@ import folder_paths
 from comfy.model_patcher import ModelPatcher
 
 from .. import flowsr
+from ..flowsr import downloads
 from ..flowsr.devices import resolve_dtype
 from ..flowsr.families import SD21_BASE
 from ..flowsr.options import DTYPE, UPSCALE_OPTIONS, check_option, check_upscale_options
@@ -31,6 +32,9 @@ WEIGHT_EXTENSIONS = {".safetensors"}
 NO_BASE_MODEL = "none"
 #: How diffusers folders from ``models/diffusers`` appear among the base models.
 DIFFUSERS_PREFIX = "[diffusers] "
+#: How the files that download themselves are listed. Always listed, downloaded or not: ComfyUI refuses a
+#: workflow whose choice is not in the list, and a shared workflow that names one works on every machine.
+DOWNLOAD_SUFFIX = " (download if missing)"
 #: Working memory asked of ComfyUI beyond the weights, as a multiple of the weights, at most this many bytes.
 WORKING_MEMORY_FACTOR, MAX_WORKING_MEMORY = 4, 3 * 2 ** 30
 
@@ -48,14 +52,16 @@ def register_model_folder() -> None:
 
 
 def weight_choices() -> list[str]:
-    return [flowsr.BUILTIN_MODEL_NAME, *folder_paths.get_filename_list(MODEL_FOLDER)]
+    return [flowsr.BUILTIN_MODEL_NAME, *folder_paths.get_filename_list(MODEL_FOLDER),
+            downloads.FLOWSR_WEIGHTS.filename + DOWNLOAD_SUFFIX]
 
 
 def base_model_choices() -> list[str]:
-    """Base model candidates: single .safetensors checkpoints, then diffusers folders."""
+    """Base model candidates: single .safetensors checkpoints, diffusers folders, then SD 2.1's download."""
     checkpoints = [name for name in folder_paths.get_filename_list("checkpoints")
                    if os.path.splitext(name)[1].lower() in WEIGHT_EXTENSIONS]
-    return [NO_BASE_MODEL, *checkpoints, *(DIFFUSERS_PREFIX + name for name in _diffusers_folders())]
+    return [NO_BASE_MODEL, *checkpoints, *(DIFFUSERS_PREFIX + name for name in _diffusers_folders()),
+            downloads.SD21_BASE_FILE.filename + DOWNLOAD_SUFFIX]
 
 
 def _diffusers_folders() -> list[str]:
@@ -70,17 +76,31 @@ def _diffusers_folders() -> list[str]:
 def _resolve_weights(name: str) -> Optional[str]:
     if name == flowsr.BUILTIN_MODEL_NAME:
         return None
+    if name.endswith(DOWNLOAD_SUFFIX):
+        return _downloaded(downloads.FLOWSR_WEIGHTS, MODEL_FOLDER)
     return _existing(folder_paths.get_full_path(MODEL_FOLDER, name), name, f"models/{MODEL_FOLDER}")
 
 
 def _resolve_base_model(name: str) -> Optional[str]:
     if name == NO_BASE_MODEL:
         return None
+    if name.endswith(DOWNLOAD_SUFFIX):
+        return _downloaded(downloads.SD21_BASE_FILE, "checkpoints")
     if name.startswith(DIFFUSERS_PREFIX):
         folder = name[len(DIFFUSERS_PREFIX):]
         candidates = (os.path.join(root, folder) for root in folder_paths.get_folder_paths("diffusers"))
         return _existing(next((c for c in candidates if os.path.isdir(c)), None), folder, "models/diffusers")
     return _existing(folder_paths.get_full_path("checkpoints", name), name, "models/checkpoints")
+
+
+def _downloaded(file: downloads.HubFile, folder_name: str) -> str:
+    """The file from any of the model folder's paths, else downloaded into its first one, with progress shown
+    on the node (Cancel stops the download; the next run continues it)."""
+    found = folder_paths.get_full_path(folder_name, file.filename)
+    if found is not None:
+        return found
+    folder = folder_paths.get_folder_paths(folder_name)[0]
+    return str(downloads.download(file, folder, progress=_ProgressBar()))
 
 
 def _existing(path: Optional[str], name: str, where: str) -> str:
@@ -212,7 +232,8 @@ def _working_memory(flowsr_model: LoadedFlowSR) -> int:
 
 
 class _ProgressBar:
-    """flowsr's ``progress(done, total)`` onto ComfyUI's progress bar (one tick per finished network call).
+    """flowsr's ``progress(done, total)`` onto ComfyUI's progress bar: finished network calls of an upscale,
+    bytes of a download.
 
     ComfyUI's progress hook also raises when Cancel was pressed, so this stops work too.
     """

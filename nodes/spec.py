@@ -79,12 +79,14 @@ LOADER = NodeSpec(
         Param("flowsr_weights", "COMBO",
               f"'{flowsr.BUILTIN_MODEL_NAME}' is a small model inside the node pack that needs nothing else. "
               "flowsr.safetensors (Hugging Face: chunjie-spring/FlowSR), placed in models/flowsr, is the "
-              f"published model: it applies to the {SD21_BASE.name} model chosen below.",
+              f"published model: it applies to the {SD21_BASE.name} model chosen below. "
+              f"'flowsr.safetensors{host.DOWNLOAD_SUFFIX}' downloads it into models/flowsr first if needed.",
               default=flowsr.BUILTIN_MODEL_NAME, options=host.weight_choices),
         Param("base_model", "COMBO",
               f"{SD21_BASE.full_name} for flowsr.safetensors: the single file {SD21_BASE.single_file} "
               f"from models/checkpoints, or a diffusers folder from models/diffusers ('{host.DIFFUSERS_PREFIX}...'). "
-              f"'{host.NO_BASE_MODEL}' for the built-in model.",
+              f"'{SD21_BASE.single_file}{host.DOWNLOAD_SUFFIX}' downloads it into models/checkpoints first if "
+              f"needed. '{host.NO_BASE_MODEL}' for the built-in model.",
               default=host.NO_BASE_MODEL, options=host.base_model_choices),
         Param("dtype", "COMBO",
               "Precision of the weights. auto follows ComfyUI's choice for the device (bf16 or fp16 on GPUs, "

@@ -98,6 +98,20 @@ def nodes_by_id(pack) -> dict:
 
 
 @pytest.fixture
+def flowsr(pack):
+    """The flowsr package as the pack imports it (its own copy, named after the pack's folder)."""
+    return pack.flowsr
+
+
+@pytest.fixture
+def run(nodes_by_id):
+    """``run(node_id, **inputs)``: what ComfyUI's executor does for a V3 node; returns the first output."""
+    def execute(node_id, **inputs):
+        return nodes_by_id[node_id].execute(**inputs).result[0]
+    return execute
+
+
+@pytest.fixture
 def comfy_home(tmp_path, pack):
     """A fresh ComfyUI folder layout with the pack's ``flowsr`` model folder registered again."""
     import folder_paths

@@ -8,20 +8,6 @@ import torch
 
 
 @pytest.fixture
-def flowsr(pack):
-    """The flowsr package as the pack imports it (its own copy, named after the pack's folder)."""
-    return pack.flowsr
-
-
-@pytest.fixture
-def run(nodes_by_id):
-    """``run(node_id, **inputs)``: what ComfyUI's executor does for a V3 node; returns the first output."""
-    def execute(node_id, **inputs):
-        return nodes_by_id[node_id].execute(**inputs).result[0]
-    return execute
-
-
-@pytest.fixture
 def model(run, tiny_model_file):
     return run("FlowSRLoader", flowsr_weights=tiny_model_file.name, base_model="none", dtype="auto")
 

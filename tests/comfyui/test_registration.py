@@ -132,8 +132,11 @@ def test_model_lists_show_what_the_loader_can_load(comfy_home, pack, tiny_model_
     (models / "checkpoints" / "sd15.ckpt").write_bytes(b"")
     (models / "diffusers" / "sd21" / "nested").mkdir(parents=True)
     (models / "diffusers" / "sd21" / "model_index.json").write_text("{}")
-    assert host.weight_choices() == [pack.flowsr.BUILTIN_MODEL_NAME, tiny_model_file.name]
-    assert host.base_model_choices() == ["none", "v2-1_512-ema-pruned.safetensors", "[diffusers] sd21"]
+    download = host.DOWNLOAD_SUFFIX  # always listed: a workflow naming one runs whether it is on disk or not
+    assert host.weight_choices() == [pack.flowsr.BUILTIN_MODEL_NAME, tiny_model_file.name,
+                                     "flowsr.safetensors" + download]
+    assert host.base_model_choices() == ["none", "v2-1_512-ema-pruned.safetensors", "[diffusers] sd21",
+                                         "v2-1_512-ema-pruned.safetensors" + download]
 
 
 def test_extension_entrypoint_is_async_like_comfyui_awaits_it(pack):
