@@ -18,7 +18,7 @@ def test_there_are_at_least_three_workflows():
 def test_ui_workflow_is_valid(path, workflow_tools, object_info):
     workflow = json.loads(path.read_text())
     assert workflow_tools.check_ui_workflow(workflow, object_info) == []
-    assert {n["type"] for n in workflow["nodes"]} & {"FlowSRUpscale", "FlowSRRefine"}
+    assert {n["type"] for n in workflow["nodes"]} & {"FlowSRUpscale", "FlowSRRefine", "FlowSRUpscaleModel"}
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
