@@ -66,6 +66,9 @@ CORE_NODES: dict[str, dict] = {
 MODEL_FILES = {("FlowSRApply", "flowsr_weights"): ["flowsr.safetensors"],
                ("CheckpointLoaderSimple", "ckpt_name"): ["v2-1_512-ema-pruned.safetensors"]}
 
+#: Our nodes that upscale, each with a progress bar.
+UPSCALE_NODES = ("FlowSRUpscale", "FlowSRRefine", "FlowSRUpscaleModel")
+
 #: Node types that live only in the frontend: saved in UI workflows, never sent to the server.
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}

@@ -1,0 +1,195 @@
+"""The native nodes in a real ComfyUI: Load Checkpoint -> Apply FlowSR -> FlowSR Upscale (ComfyUI model) on a small
+SD 2.1-shaped checkpoint (``tiny_sd21.py``) that ComfyUI detects as SD 2.x, checked against the pack's own path.
+
+- exact: one step, fp32, untiled, colour fix off, the saved image within 1 grey level of the pack's result on the
+  same files (its single-file loader, peft's LoRA merged), quantised as Save Image does;
+- tiled (16-latent tiles) against untiled >= 35 dB PSNR;
+- a second upscale loads nothing (no "Requested to load" in the server log while it runs);
+- ComfyUI's options: a server started with --lowvram, one with --novram, each matches the exact result within
+  1 grey level; one with --fp8_e4m3fn-unet (fp8 storage, fp32 compute) runs, and its difference is reported.
+
+The test files are linked into ``models/checkpoints`` and ``models/flowsr`` under the names the shipped workflow
+uses, only where no such file exists, and removed afterwards.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import tiny_sd21
+
+#: Where the shipped workflow expects the files: ComfyUI model folder, file name, which test file goes there.
+PLACES = (("checkpoints", "v2-1_512-ema-pruned.safetensors", "checkpoint"), ("flowsr", "flowsr.safetensors", "lora"))
+WORKFLOW = "Upscale with your SD 2.1 checkpoint and FlowSR (Load Checkpoint, Apply FlowSR)"
+INPUTS = {"small": 32, "tiles": 96}  # input sides; both upscaled 2x
+EXACT = dict(scale=2.0, tile_size=0, tile_overlap=-1, color_fix="none", seed=-1)
+TILED = dict(EXACT, tile_size=16, tile_overlap=8)
+OPTION_FLAGS = (["--lowvram"], ["--novram"], ["--fp8_e4m3fn-unet"])
+MIN_TILED_PSNR = 35.0
+LOAD_LINE = "Requested to load"
+
+
+class TestModels:
+    """The test files, their links in ComfyUI's model folders, the input images and the pack's reference."""
+
+    def __init__(self, comfyui: Path, cache: Path):
+        self.comfyui, self.cache = comfyui, cache
+        self.files: dict[str, Path] = {}
+        self.links: list[Path] = []
+        self.inputs: dict[str, str] = {}
+        self.reference = None
+
+    def place(self) -> None:
+        """Build the test files (kept in the cache folder between runs) and link them where the workflow looks."""
+        self.files = tiny_sd21.write_all(self.cache)
+        for folder, name, which in PLACES:
+            link = self.comfyui / "models" / folder / name
+            if link.is_symlink() and link.resolve() == self.files[which].resolve():
+                self.links.append(link)  # left by an interrupted run: ours
+                continue
+            if link.exists() or link.is_symlink():
+                raise RuntimeError(f"{link} exists; the native checks need a ComfyUI without it (they place a "
+                                   "small test model under that name)")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(self.files[which])
+            self.links.append(link)
+
+    def remove(self) -> None:
+        for link in self.links:
+            link.unlink(missing_ok=True)
+
+    def write_inputs(self) -> None:
+        """example.png (shipped with ComfyUI) at each input side, as files of their own."""
+        from PIL import Image
+
+        with Image.open(self.comfyui / "input" / "example.png") as image:
+            for key, side in INPUTS.items():
+                name = f"flowsr_native_{key}.png"
+                image.convert("RGB").resize((side, side), Image.LANCZOS).save(self.comfyui / "input" / name)
+                self.inputs[key] = name
+
+    def compute_reference(self) -> None:
+        """The pack's own result for the small input, quantised like Save Image (before ComfyUI starts: memory)."""
+        pixels = load_pixels(self.comfyui / "input" / self.inputs["small"])
+        output = tiny_sd21.pack_upscale(self.files, pixels, **EXACT)
+        self.reference = quantise(output[0].movedim(0, -1))
+
+
+def load_pixels(path: Path):
+    """An image as Load Image gives it, (1, 3, H, W) in [0, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).movedim(-1, 0)[None]
+
+
+def quantise(image):
+    """(H, W, 3) floats to uint8 exactly as ComfyUI's Save Image does (scaled, clipped, truncated)."""
+    import numpy as np
+
+    return np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8)
+
+
+def read_png(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def grey_levels(a, b) -> int:
+    return int(abs(a.astype(int) - b.astype(int)).max())
+
+
+def psnr(a, b) -> float:
+    mse = float(((a.astype(float) - b.astype(float)) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def prompt_for(workflows: Path, image: str, options: dict, prefix: str) -> dict:
+    """The shipped workflow's API twin on ``image`` with the upscale's widgets set to ``options``."""
+    prompt = json.loads((workflows / "api" / f"{WORKFLOW}.json").read_text())
+    for node in prompt.values():
+        kind = node["class_type"]
+        if kind == "LoadImage":
+            node["inputs"]["image"] = image
+        elif kind == "FlowSRUpscaleModel":
+            node["inputs"].update(options)
+        elif kind == "SaveImage":
+            node["inputs"]["filename_prefix"] = prefix
+    return prompt
+
+
+def run(server, comfyui: Path, prompt: dict, timeout: float) -> dict:
+    """Queue, wait; the saved image, the errors, the seconds, and the server-log lines written meanwhile."""
+    log_before = len(server.log.read_text(errors="replace"))
+    started = time.monotonic()
+    status, answer = server.queue(prompt)
+    if status != 200:
+        return {"errors": [json.dumps(answer)[:400]], "image": None}
+    entry = server.wait_history(answer["prompt_id"], timeout)
+    seconds = round(time.monotonic() - started, 1)
+    errors = [m[1].get("exception_message") for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+    files = [comfyui / i["type"] / i["subfolder"] / i["filename"]
+             for output in entry.get("outputs", {}).values() for i in output.get("images", [])]
+    log = server.log.read_text(errors="replace")[log_before:]
+    return {"errors": errors, "image": read_png(files[0]) if files else None, "seconds": seconds,
+            "loads": [line for line in log.splitlines() if LOAD_LINE in line]}
+
+
+def check_exactness(server, comfyui: Path, workflows: Path, models: TestModels, report, timeout: float) -> dict:
+    """Exact against the pack, tiled against untiled, and no reload for the upscales after the first."""
+    exact = run(server, comfyui, prompt_for(workflows, models.inputs["small"], EXACT, "FlowSR/native_exact"), timeout)
+    ok = report.check("native: Load Checkpoint -> Apply FlowSR -> FlowSR Upscale ran (exact settings)",
+                      exact["image"] is not None, exact["errors"])
+    summary: dict = {"exact_s": exact.get("seconds")}
+    if ok:
+        levels = grey_levels(exact["image"], models.reference)
+        summary["grey_levels_vs_pack"] = levels
+        report.check("native: within 1 grey level of the pack's own path (one step, fp32, untiled, no colour fix)",
+                     exact["image"].shape == models.reference.shape and levels <= 1,
+                     f"max difference {levels} grey levels, {exact['image'].shape}")
+    untiled = run(server, comfyui, prompt_for(workflows, models.inputs["tiles"], EXACT, "FlowSR/native_untiled"),
+                  timeout)
+    tiled = run(server, comfyui, prompt_for(workflows, models.inputs["tiles"], TILED, "FlowSR/native_tiled"), timeout)
+    if report.check("native: untiled and tiled runs of a larger input", untiled["image"] is not None
+                    and tiled["image"] is not None, untiled["errors"] + tiled["errors"]):
+        value = psnr(tiled["image"], untiled["image"])
+        summary["tiled_psnr_db"] = round(value, 2)
+        report.check(f"native: tiled against untiled >= {MIN_TILED_PSNR} dB", value >= MIN_TILED_PSNR,
+                     f"{value:.2f} dB")
+    reloads = untiled.get("loads", []) + tiled.get("loads", [])
+    summary.update(untiled_s=untiled.get("seconds"), tiled_s=tiled.get("seconds"), first_run_loads=exact.get("loads"))
+    report.check("native: later upscales reuse the loaded models (no 'Requested to load' in the log)",
+                 ok and not reloads and bool(exact.get("loads")), {"first run": exact.get("loads"), "later": reloads})
+    return summary
+
+
+def check_options(start_server, comfyui: Path, workflows: Path, models: TestModels, report, timeout: float) -> dict:
+    """The exact run again in servers started with ComfyUI's memory and weight-dtype options."""
+    results = {}
+    for index, flags in enumerate(OPTION_FLAGS, start=1):
+        name = " ".join(flags)
+        server = start_server(flags, index)
+        try:
+            server.wait_ready()
+            outcome = run(server, comfyui, prompt_for(workflows, models.inputs["small"], EXACT, f"FlowSR/native{index}"),
+                          timeout)
+        finally:
+            server.stop()
+        if not report.check(f"native, {name}: ran", outcome["image"] is not None, outcome["errors"]):
+            continue
+        levels, value = grey_levels(outcome["image"], models.reference), psnr(outcome["image"], models.reference)
+        results[name] = {"grey_levels_vs_pack": levels, "psnr_db": round(value, 2), "seconds": outcome["seconds"]}
+        if "fp8" in name:
+            report.check(f"native, {name}: fp8 storage runs (its difference is reported)", True, results[name])
+        else:
+            report.check(f"native, {name}: within 1 grey level of the pack's own path", levels <= 1, results[name])
+    return results
