@@ -20,7 +20,7 @@ starts ``main.py --cpu --disable-api-nodes`` on 127.0.0.1, and checks:
 - the native nodes (Load Checkpoint -> Apply FlowSR -> FlowSR Upscale (ComfyUI model)) on a small SD 2.1-shaped
   checkpoint it places in ``models/checkpoints`` (and a FlowSR file in ``models/flowsr``) under the names the
   shipped workflow uses, as ``comfyui_native.py`` says: exact against the pack's own path, tiled against
-  untiled, no reload on a second upscale, and in servers started with --lowvram, --novram and fp8 weights;
+  untiled, no reload on a second upscale, and in a server started with fp8 weights;
 - with ``--browser /usr/bin/chromium``: ComfyUI's page in that browser, as ``comfyui_browser.py`` says
   (template cards, each workflow opened from its card, runs from the page); screenshots go to
   ``--screenshots`` (default: OUT/screenshots). Needs playwright in this Python.
@@ -449,7 +449,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--test-models", type=Path, default=REPO_ROOT / "out" / "comfyui-test-models",
                         help="where the small SD 2.1-shaped test checkpoint is built once and kept (about 0.9 GB)")
     parser.add_argument("--skip-options", action="store_true",
-                        help="skip the native nodes' runs in servers started with --lowvram, --novram, fp8 weights")
+                        help="skip the native nodes' run in a server started with fp8 weights")
     parser.add_argument("--browser", help="Chromium to open ComfyUI's page in (e.g. /usr/bin/chromium)")
     parser.add_argument("--screenshots", type=Path, help="where the browser checks' screenshots go "
                                                          "(default: OUT/screenshots)")
@@ -487,7 +487,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         summary["workflows"] = run_workflows(server, comfyui, workflows, object_info, input_name, input_size,
                                              listener, report, args.thumbnails, args.timeout)
         summary["bad_inputs"] = check_bad_inputs(server, comfyui, workflows, input_name, report, args.timeout)
-        if models.reference is not None:
+        if models.reference:
             summary["native"] = comfyui_native.check_exactness(server, comfyui, REPO_ROOT / "workflows", models,
                                                                report, args.timeout)
         if args.browser:
@@ -497,7 +497,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not args.skip_cancel:
             summary["cancel"] = check_cancel(server, workflows, listener, report, args.timeout)
         server.stop()
-        if models.reference is not None and not args.skip_options:
+        if models.reference and not args.skip_options:
             summary["native_options"] = comfyui_native.check_options(
                 lambda flags, index: Server(comfyui, args.python, args.port + index,
                                             args.out / f"comfyui-{index}.log", tuple(flags)),

@@ -3,10 +3,12 @@ SD 2.1-shaped checkpoint (``tiny_sd21.py``) that ComfyUI detects as SD 2.x, chec
 
 - exact: one step, fp32, untiled, colour fix off, the saved image within 1 grey level of the pack's result on the
   same files (its single-file loader, peft's LoRA merged), quantised as Save Image does;
-- tiled (16-latent tiles) against untiled >= 35 dB PSNR;
+- tiled (16-latent tiles) within 1 grey level of the pack's tiled result: the same tiles, blending and GroupNorm
+  sharing. Tiled against untiled is reported, not held to 35 dB: on this random model the pack's own path gives
+  11 dB too (random weights make no smooth image; the 35 dB of tests/core/test_builtin.py is a trained model's);
 - a second upscale loads nothing (no "Requested to load" in the server log while it runs);
-- ComfyUI's options: a server started with --lowvram, one with --novram, each matches the exact result within
-  1 grey level; one with --fp8_e4m3fn-unet (fp8 storage, fp32 compute) runs, and its difference is reported.
+- a server started with --fp8_e4m3fn-unet (fp8 storage, fp32 compute) runs, and its difference is reported.
+  --lowvram and --novram are not run: ComfyUI 0.3.64 refuses them beside --cpu, and without --cpu it needs a GPU.
 
 The test files are linked into ``models/checkpoints`` and ``models/flowsr`` under the names the shipped workflow
 uses, only where no such file exists, and removed afterwards.
@@ -27,8 +29,7 @@ WORKFLOW = "Upscale with your SD 2.1 checkpoint and FlowSR (Load Checkpoint, App
 INPUTS = {"small": 32, "tiles": 96}  # input sides; both upscaled 2x
 EXACT = dict(scale=2.0, tile_size=0, tile_overlap=-1, color_fix="none", seed=-1)
 TILED = dict(EXACT, tile_size=16, tile_overlap=8)
-OPTION_FLAGS = (["--lowvram"], ["--novram"], ["--fp8_e4m3fn-unet"])
-MIN_TILED_PSNR = 35.0
+OPTION_FLAGS = (["--fp8_e4m3fn-unet"],)
 LOAD_LINE = "Requested to load"
 
 
@@ -40,7 +41,7 @@ class TestModels:
         self.files: dict[str, Path] = {}
         self.links: list[Path] = []
         self.inputs: dict[str, str] = {}
-        self.reference = None
+        self.reference: dict = {}
 
     def place(self) -> None:
         """Build the test files (kept in the cache folder between runs) and link them where the workflow looks."""
@@ -72,10 +73,13 @@ class TestModels:
                 self.inputs[key] = name
 
     def compute_reference(self) -> None:
-        """The pack's own result for the small input, quantised like Save Image (before ComfyUI starts: memory)."""
-        pixels = load_pixels(self.comfyui / "input" / self.inputs["small"])
-        output = tiny_sd21.pack_upscale(self.files, pixels, **EXACT)
-        self.reference = quantise(output[0].movedim(0, -1))
+        """The pack's own results, quantised like Save Image (before ComfyUI starts: memory): the small input
+        untiled, the larger one tiled."""
+        runs = {"exact": ("small", dict(tile_size=0)), "tiled": ("tiles", dict(tile_size=16, tile_overlap=8))}
+        for key, (image, tiling) in runs.items():
+            pixels = load_pixels(self.comfyui / "input" / self.inputs[image])
+            output = tiny_sd21.pack_upscale(self.files, pixels, EXACT["scale"], color_fix="none", **tiling)
+            self.reference[key] = quantise(output[0].movedim(0, -1))
 
 
 def load_pixels(path: Path):
@@ -151,20 +155,14 @@ def check_exactness(server, comfyui: Path, workflows: Path, models: TestModels, 
                       exact["image"] is not None, exact["errors"])
     summary: dict = {"exact_s": exact.get("seconds")}
     if ok:
-        levels = grey_levels(exact["image"], models.reference)
-        summary["grey_levels_vs_pack"] = levels
-        report.check("native: within 1 grey level of the pack's own path (one step, fp32, untiled, no colour fix)",
-                     exact["image"].shape == models.reference.shape and levels <= 1,
-                     f"max difference {levels} grey levels, {exact['image'].shape}")
+        summary["grey_levels_vs_pack"] = same_as_pack(report, "untiled", exact["image"], models.reference["exact"])
     untiled = run(server, comfyui, prompt_for(workflows, models.inputs["tiles"], EXACT, "FlowSR/native_untiled"),
                   timeout)
     tiled = run(server, comfyui, prompt_for(workflows, models.inputs["tiles"], TILED, "FlowSR/native_tiled"), timeout)
     if report.check("native: untiled and tiled runs of a larger input", untiled["image"] is not None
                     and tiled["image"] is not None, untiled["errors"] + tiled["errors"]):
-        value = psnr(tiled["image"], untiled["image"])
-        summary["tiled_psnr_db"] = round(value, 2)
-        report.check(f"native: tiled against untiled >= {MIN_TILED_PSNR} dB", value >= MIN_TILED_PSNR,
-                     f"{value:.2f} dB")
+        summary["tiled_grey_levels_vs_pack"] = same_as_pack(report, "tiled", tiled["image"], models.reference["tiled"])
+        summary["tiled_vs_untiled_psnr_db"] = round(psnr(tiled["image"], untiled["image"]), 2)
     reloads = untiled.get("loads", []) + tiled.get("loads", [])
     summary.update(untiled_s=untiled.get("seconds"), tiled_s=tiled.get("seconds"), first_run_loads=exact.get("loads"))
     report.check("native: later upscales reuse the loaded models (no 'Requested to load' in the log)",
@@ -172,8 +170,15 @@ def check_exactness(server, comfyui: Path, workflows: Path, models: TestModels, 
     return summary
 
 
+def same_as_pack(report, what: str, image, reference) -> int:
+    levels = grey_levels(image, reference) if image.shape == reference.shape else 256
+    report.check(f"native, {what}: within 1 grey level of the pack's own path (one step, fp32, no colour fix)",
+                 levels <= 1, f"max difference {levels} grey levels, {image.shape}")
+    return levels
+
+
 def check_options(start_server, comfyui: Path, workflows: Path, models: TestModels, report, timeout: float) -> dict:
-    """The exact run again in servers started with ComfyUI's memory and weight-dtype options."""
+    """The exact run again in servers started with ComfyUI's weight-dtype option; the difference is reported."""
     results = {}
     for index, flags in enumerate(OPTION_FLAGS, start=1):
         name = " ".join(flags)
@@ -184,12 +189,9 @@ def check_options(start_server, comfyui: Path, workflows: Path, models: TestMode
                           timeout)
         finally:
             server.stop()
-        if not report.check(f"native, {name}: ran", outcome["image"] is not None, outcome["errors"]):
-            continue
-        levels, value = grey_levels(outcome["image"], models.reference), psnr(outcome["image"], models.reference)
-        results[name] = {"grey_levels_vs_pack": levels, "psnr_db": round(value, 2), "seconds": outcome["seconds"]}
-        if "fp8" in name:
-            report.check(f"native, {name}: fp8 storage runs (its difference is reported)", True, results[name])
-        else:
-            report.check(f"native, {name}: within 1 grey level of the pack's own path", levels <= 1, results[name])
+        if report.check(f"native, {name}: ran", outcome["image"] is not None, outcome["errors"]):
+            reference = models.reference["exact"]
+            results[name] = {"grey_levels_vs_fp32_pack": grey_levels(outcome["image"], reference),
+                             "psnr_db_vs_fp32_pack": round(psnr(outcome["image"], reference), 2),
+                             "seconds": outcome["seconds"]}
     return results
