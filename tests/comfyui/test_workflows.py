@@ -70,6 +70,7 @@ def test_the_real_host_driver_knows_what_size_each_workflow_saves(repo_root_modu
     assert saved["Upscale an image with FlowSR"]["4"] == (400, 320)
     assert saved["Upscale a large image in tiles with FlowSR"]["4"] == (200, 160)
     assert saved["Compare FlowSR one step with several Refine steps"]["6"] == (400, 2 * 320 + 8)  # 8 px apart
+    assert saved["Upscale with your SD 2.1 checkpoint and FlowSR (Load Checkpoint, Apply FlowSR)"]["6"] == (400, 320)
 
 
 def test_the_drivers_wrong_file_is_safetensors_without_flowsr_weights(repo_root_module_loader, tmp_path, pack):
