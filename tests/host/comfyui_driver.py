@@ -20,7 +20,7 @@ starts ``main.py --cpu --disable-api-nodes`` on 127.0.0.1, and checks:
 - the native nodes (Load Checkpoint -> Apply FlowSR -> FlowSR Upscale (ComfyUI model)) on a small SD 2.1-shaped
   checkpoint it places in ``models/checkpoints`` (and a FlowSR file in ``models/flowsr``) under the names the
   shipped workflow uses, as ``comfyui_native.py`` says: exact against the pack's own path, tiled against
-  untiled, no reload on a second upscale, and in a server started with fp8 weights;
+  untiled, no reload on a second upscale, stacking with Load LoRA, and in a server started with fp8 weights;
 - with ``--browser /usr/bin/chromium``: ComfyUI's page in that browser, as ``comfyui_browser.py`` says
   (template cards, each workflow opened from its card, runs from the page); screenshots go to
   ``--screenshots`` (default: OUT/screenshots). Needs playwright in this Python.
@@ -490,6 +490,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if models.reference:
             summary["native"] = comfyui_native.check_exactness(server, comfyui, REPO_ROOT / "workflows", models,
                                                                report, args.timeout)
+            summary["native_stacking"] = comfyui_native.check_stacking(server, comfyui, REPO_ROOT / "workflows",
+                                                                       models, report, args.timeout)
         if args.browser:
             summary["browser"] = comfyui_browser.run_browser_checks(
                 server.url, args.browser, pack.name, workflows, object_info, report,

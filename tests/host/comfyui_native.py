@@ -7,6 +7,8 @@ SD 2.1-shaped checkpoint (``tiny_sd21.py``) that ComfyUI detects as SD 2.x, chec
   sharing. Tiled against untiled is reported, not held to 35 dB: on this random model the pack's own path gives
   11 dB too (random weights make no smooth image; the 35 dB of tests/core/test_builtin.py is a trained model's);
 - a second upscale loads nothing (no "Requested to load" in the server log while it runs);
+- FlowSR stacks with another LoRA (core Load LoRA before Apply FlowSR): at strength 0 the result is the exact
+  one, at strength 1 it differs;
 - a server started with --fp8_e4m3fn-unet (fp8 storage, fp32 compute) runs, and its difference is reported.
   --lowvram and --novram are not run: ComfyUI 0.3.64 refuses them beside --cpu, and without --cpu it needs a GPU.
 
@@ -24,7 +26,8 @@ from typing import Optional
 import tiny_sd21
 
 #: Where the shipped workflow expects the files: ComfyUI model folder, file name, which test file goes there.
-PLACES = (("checkpoints", "v2-1_512-ema-pruned.safetensors", "checkpoint"), ("flowsr", "flowsr.safetensors", "lora"))
+PLACES = (("checkpoints", "v2-1_512-ema-pruned.safetensors", "checkpoint"), ("flowsr", "flowsr.safetensors", "lora"),
+          ("loras", "flowsr_test_other_lora.safetensors", "other_lora"))
 WORKFLOW = "Upscale with your SD 2.1 checkpoint and FlowSR (Load Checkpoint, Apply FlowSR)"
 INPUTS = {"small": 32, "tiles": 96}  # input sides; both upscaled 2x
 EXACT = dict(scale=2.0, tile_size=0, tile_overlap=-1, color_fix="none", seed=-1)
@@ -46,6 +49,7 @@ class TestModels:
     def place(self) -> None:
         """Build the test files (kept in the cache folder between runs) and link them where the workflow looks."""
         self.files = tiny_sd21.write_all(self.cache)
+        self.files["other_lora"] = write_other_lora(self.cache / "flowsr_test_other_lora.safetensors")
         for folder, name, which in PLACES:
             link = self.comfyui / "models" / folder / name
             if link.is_symlink() and link.resolve() == self.files[which].resolve():
@@ -80,6 +84,19 @@ class TestModels:
             pixels = load_pixels(self.comfyui / "input" / self.inputs[image])
             output = tiny_sd21.pack_upscale(self.files, pixels, EXACT["scale"], color_fix="none", **tiling)
             self.reference[key] = quantise(output[0].movedim(0, -1))
+
+
+def write_other_lora(path: Path) -> Path:
+    """An ordinary SD LoRA (kohya names, as ComfyUI's Load LoRA reads them) on one layer of the test UNet."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(7)
+    layer = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_file({f"{layer}.lora_down.weight": 0.1 * torch.randn(4, 320, generator=generator),
+               f"{layer}.lora_up.weight": 0.1 * torch.randn(320, 4, generator=generator),
+               f"{layer}.alpha": torch.tensor(4.0)}, str(path))
+    return path
 
 
 def load_pixels(path: Path):
@@ -175,6 +192,25 @@ def same_as_pack(report, what: str, image, reference) -> int:
     report.check(f"native, {what}: within 1 grey level of the pack's own path (one step, fp32, no colour fix)",
                  levels <= 1, f"max difference {levels} grey levels, {image.shape}")
     return levels
+
+
+def check_stacking(server, comfyui: Path, workflows: Path, models: TestModels, report, timeout: float) -> dict:
+    """Load LoRA (model only) between Load Checkpoint and Apply FlowSR: its patches and FlowSR's both apply."""
+    results = {}
+    for strength in (0.0, 1.0):
+        prompt = prompt_for(workflows, models.inputs["small"], EXACT, f"FlowSR/native_stacked_{strength:g}")
+        apply = next(node for node in prompt.values() if node["class_type"] == "FlowSRApply")
+        prompt["90"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+            "model": apply["inputs"]["model"], "lora_name": PLACES[2][1], "strength_model": strength}}
+        apply["inputs"]["model"] = ["90", 0]
+        outcome = run(server, comfyui, prompt, timeout)
+        if not report.check(f"native: with another LoRA at strength {strength:g}, ran", outcome["image"] is not None,
+                            outcome["errors"]):
+            return results
+        results[strength] = grey_levels(outcome["image"], models.reference["exact"])
+    report.check("native: another LoRA stacks with FlowSR (strength 0: the exact result; 1: another one)",
+                 results[0.0] <= 1 < results[1.0], f"grey levels from the exact result: {results}")
+    return results
 
 
 def check_options(start_server, comfyui: Path, workflows: Path, models: TestModels, report, timeout: float) -> dict:
