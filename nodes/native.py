@@ -69,8 +69,8 @@ class FlowSRPatch:
         clone = self._vae_clones.get(vae.patcher)
         if clone is None:
             clone = vae.patcher.clone()
-            names = _vae_names(clone.model_state_dict().keys())
-            clone.add_patches(lora_patches(self.lora, self.lora.vae, names, clone.model_state_dict(), "VAE"),
+            weights = original_weights(clone)
+            clone.add_patches(lora_patches(self.lora, self.lora.vae, _vae_names(weights.keys()), weights, "VAE"),
                               self.strength)
             self._vae_clones[vae.patcher] = clone
         return clone
@@ -85,10 +85,16 @@ def apply(model, flowsr_weights: str, strength: float):
     lora = read_public_lora(flowsr_weights)
     _check_family(lora, model)
     patched = model.clone()
-    state = patched.model_state_dict()
-    patched.add_patches(lora_patches(lora, lora.unet, _unet_names(model, state.keys()), state, "UNet"), strength)
+    weights = original_weights(patched)
+    patched.add_patches(lora_patches(lora, lora.unet, _unet_names(model, weights.keys()), weights, "UNet"), strength)
     patched.set_attachments(ATTACHMENT, FlowSRPatch(lora, strength, flowsr_weights))
     return patched
+
+
+def original_weights(patcher) -> dict:
+    """Each weight as it is without any patch: ComfyUI patches weights in place while a clone is loaded, so the
+    live state dict may hold another clone's FlowSR already (``get_key_patches`` reads ComfyUI's backups)."""
+    return {key: entries[0][0] for key, entries in patcher.get_key_patches().items()}
 
 
 def read_public_lora(name: str) -> FlowSRLora:
@@ -145,7 +151,8 @@ def _vae_names(keys) -> dict[str, str]:
 
 def lora_patches(lora: FlowSRLora, part: LoraPart, names: dict[str, str], state: dict, what: str) -> dict:
     """ComfyUI patches for one part of the file: a LoRA adapter per module (``lora_alpha`` 8, as peft's
-    default that the weights were trained with), the difference to the base for each whole weight."""
+    default that the weights were trained with), the difference to the base for each whole weight. ``state``
+    holds the unpatched weights (:func:`original_weights`)."""
     tensors = lora.tensors(part)
     damaged = non_finite_problem(key for key, tensor in tensors.items() if not is_finite(tensor))
     if damaged:

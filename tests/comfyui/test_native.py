@@ -15,17 +15,28 @@ from tests.ldm_layout import ldm_unet_key, ldm_vae_key
 class FakePatcher:
     """What Apply FlowSR uses of ComfyUI's ModelPatcher: clone, patches by state-dict key, attachments."""
 
-    def __init__(self, state: dict, unet_config: dict):
+    def __init__(self, state: dict, unet_config: dict, backup: dict = None):
         self.state, self.patches, self.attachments = state, {}, {}
+        self.backup = {} if backup is None else backup  # shared by clones, as ComfyUI's is
         self.model = types.SimpleNamespace(model_config=types.SimpleNamespace(unet_config=unet_config))
 
     def clone(self) -> "FakePatcher":
-        clone = FakePatcher(self.state, self.model.model_config.unet_config)
+        clone = FakePatcher(self.state, self.model.model_config.unet_config, self.backup)
         clone.patches, clone.attachments = {k: list(v) for k, v in self.patches.items()}, dict(self.attachments)
         return clone
 
     def model_state_dict(self) -> dict:
         return self.state
+
+    def get_key_patches(self) -> dict:
+        return {key: [(self.backup.get(key, value), lambda weight: weight)] for key, value in self.state.items()}
+
+    def load(self) -> None:
+        """As ComfyUI loads a clone in full: the shared weights patched in place, the originals backed up."""
+        patched = self.patched()
+        for key in self.patches:
+            self.backup.setdefault(key, self.state[key])
+            self.state[key] = patched[key]
 
     def add_patches(self, patches: dict, strength: float = 1.0) -> list:
         for key, patch in patches.items():
@@ -40,7 +51,7 @@ class FakePatcher:
 
     def patched(self) -> dict:
         """The weights as ComfyUI's calculate_weight makes them: W + s alpha/rank up@down, or W + s diff."""
-        weights = {key: value.clone().float() for key, value in self.state.items()}
+        weights = {key: self.backup.get(key, value).clone().float() for key, value in self.state.items()}
         for key, entries in self.patches.items():
             for strength, patch in entries:
                 if isinstance(patch, tuple):
@@ -118,6 +129,16 @@ def ldm_vae_weights(patcher: FakePatcher) -> dict:
     levels = len(make_vae().config.block_out_channels)
     weights = patcher.patched()
     return {name: weights[ldm_vae_key(name, levels)] for name in make_vae().state_dict()}
+
+
+def test_a_second_apply_while_the_first_is_loaded_patches_the_original_weights(native, in_models_flowsr):
+    base = ldm_model(make_unet())
+    first = native.apply(base, "flowsr.safetensors", 1.0)
+    expected = first.patched()
+    first.load()  # ComfyUI patched the shared weights in place: the live state dict now holds FlowSR
+    second = native.apply(base, "flowsr.safetensors", 1.0)
+    for key, value in second.patched().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
 
 
 def test_flowsr_twice_on_one_model_is_refused(native, in_models_flowsr):
