@@ -195,15 +195,28 @@ def upscale(flowsr_model: LoadedFlowSR, image, scale: float, tile_size: int, til
     if not isinstance(flowsr_model, LoadedFlowSR):
         raise flowsr.BadInputError("flowsr_model must come from the 'Load FlowSR Model' node")
     pixels = image_to_pixels(image)
-    options = from_widgets(scale=scale, steps=steps, schedule=schedule, tile_size=tile_size,
-                           tile_overlap=tile_overlap, color_fix=color_fix, seed=seed)
-    check_upscale_options(options)  # before ComfyUI moves the model onto the GPU
+    options = checked_widgets(scale=scale, steps=steps, schedule=schedule, tile_size=tile_size,
+                              tile_overlap=tile_overlap, color_fix=color_fix, seed=seed)
+    # Our diffusers modules know nothing of ComfyUI's per-layer offloading: they are loaded whole.
+    return run_loaded(flowsr_model.pipeline, pixels, options, [flowsr_model.patcher], force_full_load=True)
+
+
+def checked_widgets(**values) -> dict:
+    """Widget values as flowsr options, checked before ComfyUI moves any model onto the GPU."""
+    options = from_widgets(**values)
+    check_upscale_options(options)
+    return options
+
+
+def run_loaded(pipeline: flowsr.FlowSRPipeline, pixels: torch.Tensor, options: dict, patchers: list,
+               force_full_load: bool) -> torch.Tensor:
+    """The pipeline on models that ComfyUI's memory manager loads, with its progress bar and Cancel; pixels
+    (B, 3, H, W) in, a ComfyUI IMAGE out."""
+    memory_required = working_memory(patchers)
 
     def attempt() -> torch.Tensor:
-        model_management.load_models_gpu([flowsr_model.patcher], memory_required=_working_memory(flowsr_model),
-                                         force_full_load=True)
-        return flowsr_model.pipeline.upscale_tensor(pixels, **options, progress=_ProgressBar(),
-                                                    cancel=_stop_if_interrupted)
+        model_management.load_models_gpu(patchers, memory_required=memory_required, force_full_load=force_full_load)
+        return pipeline.upscale_tensor(pixels, **options, progress=_ProgressBar(), cancel=_stop_if_interrupted)
 
     try:
         output = attempt()
@@ -225,9 +238,9 @@ def from_widgets(**values) -> dict:
     return {name: UPSCALE_OPTIONS[name].from_host(value) for name, value in values.items()}
 
 
-def _working_memory(flowsr_model: LoadedFlowSR) -> int:
+def working_memory(patchers: list) -> int:
     """Bytes ComfyUI should free for activations, so other models move out before the tiles run."""
-    weights = flowsr_model.patcher.model_size()
+    weights = sum(patcher.model_size() for patcher in patchers)
     return min(MAX_WORKING_MEMORY, WORKING_MEMORY_FACTOR * weights)
 
 

@@ -10,7 +10,8 @@ from typing import Any, Callable, Optional
 from .. import flowsr
 from ..flowsr import options as flowsr_options
 from ..flowsr.families import SD21_BASE
-from . import host
+from ..flowsr.models.sd import POSITIVE_PROMPT
+from . import host, native
 
 CATEGORY = "image/upscaling"
 #: The socket type between the loader and the upscalers.
@@ -18,7 +19,7 @@ MODEL_TYPE = "FLOWSR_MODEL"
 
 @dataclass(frozen=True)
 class Param:
-    """One input or output. ``type`` is ComfyUI's: INT, FLOAT, COMBO, IMAGE, FLOWSR_MODEL."""
+    """One input or output. ``type`` is ComfyUI's: INT, FLOAT, COMBO, IMAGE, MODEL, VAE, CONDITIONING, FLOWSR_MODEL."""
     name: str
     type: str
     tooltip: str
@@ -117,4 +118,40 @@ REFINE = NodeSpec(
     run=host.upscale,
 )
 
-NODES = (LOADER, UPSCALE, REFINE)
+APPLY = NodeSpec(
+    node_id="FlowSRApply",
+    display_name="Apply FlowSR",
+    description=f"Patches the public FlowSR weights (flowsr.safetensors) onto a {SD21_BASE.name} MODEL, as a LoRA "
+                "through ComfyUI's model patching: the MODEL that comes in stays as it was for other nodes, other "
+                "patches stack. Upscale with the 'FlowSR Upscale (ComfyUI model)' node.",
+    inputs=(
+        Param("model", "MODEL", f"{SD21_BASE.full_name} ({SD21_BASE.single_file}) from 'Load Checkpoint', or any "
+                                "node that yields that MODEL."),
+        Param("flowsr_weights", "COMBO",
+              "flowsr.safetensors (Hugging Face: chunjie-spring/FlowSR) from models/flowsr: the public FlowSR LoRA.",
+              options=native.weight_choices),
+        Param("strength", "FLOAT", "How much of FlowSR to apply: 1.0 runs the weights as they were released; "
+                                   "0 leaves the MODEL as it was.", default=1.0, min=0.0, max=2.0, step=0.01),
+    ),
+    output=Param("MODEL", "MODEL", "The MODEL with FlowSR applied, for 'FlowSR Upscale (ComfyUI model)'."),
+    run=native.apply,
+)
+
+UPSCALE_MODEL = NodeSpec(
+    node_id="FlowSRUpscaleModel",
+    display_name="FlowSR Upscale (ComfyUI model)",
+    description="FlowSR super-resolution in one step on ComfyUI's own networks: the MODEL from 'Apply FlowSR', "
+                "the VAE and CLIP of the same checkpoint. ComfyUI's memory manager loads them as for its samplers "
+                "(--lowvram, --novram, weight dtypes). Progress advances per tile; Cancel stops within one tile.",
+    inputs=(
+        Param("model", "MODEL", "The MODEL from 'Apply FlowSR'."),
+        Param("vae", "VAE", f"The VAE of the {SD21_BASE.name} checkpoint (from 'Load Checkpoint')."),
+        Param("conditioning", "CONDITIONING",
+              f"'CLIP Text Encode (Prompt)' of the checkpoint's CLIP with FlowSR's prompt: \"{POSITIVE_PROMPT}\" "
+              "(the public weights were trained with it; another prompt changes the result)."),
+        IMAGE_INPUT, SCALE, TILE_SIZE, TILE_OVERLAP, COLOR_FIX, SEED),
+    output=IMAGE_OUTPUT,
+    run=native.upscale,
+)
+
+NODES = (LOADER, UPSCALE, REFINE, APPLY, UPSCALE_MODEL)

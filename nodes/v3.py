@@ -6,7 +6,8 @@ from comfy_api.latest import ComfyExtension, io
 from .spec import CATEGORY, MODEL_TYPE, NODES, NodeSpec, Param
 
 FlowSRModelType = io.Custom(MODEL_TYPE)
-_SOCKETS = {"IMAGE": io.Image, MODEL_TYPE: FlowSRModelType}
+_SOCKETS = {"IMAGE": io.Image, "MODEL": io.Model, "VAE": io.Vae, "CONDITIONING": io.Conditioning,
+            MODEL_TYPE: FlowSRModelType}
 
 
 def _input(param: Param) -> io.Input:

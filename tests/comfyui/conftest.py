@@ -186,4 +186,7 @@ def object_info(nodes_by_id, workflow_tools) -> dict:
     ours = {node_id: {"input": node.INPUT_TYPES(), "output": [o.io_type for o in node.GET_SCHEMA().outputs],
                       "display_name": node.GET_SCHEMA().display_name}
             for node_id, node in nodes_by_id.items()}
+    for (node_id, name), files in workflow_tools.MODEL_FILES.items():  # as a ComfyUI with those files lists them
+        if node_id in ours:
+            ours[node_id]["input"]["required"][name][1]["options"] = files
     return {**workflow_tools.CORE_NODES, **ours}

@@ -3,7 +3,7 @@ import asyncio
 import os
 
 
-NODE_IDS = ["FlowSRLoader", "FlowSRUpscale", "FlowSRRefine"]
+NODE_IDS = ["FlowSRLoader", "FlowSRUpscale", "FlowSRRefine", "FlowSRApply", "FlowSRUpscaleModel"]
 
 
 def test_newer_comfyui_gets_only_the_v3_extension(pack, nodes_by_id):
@@ -35,6 +35,28 @@ def test_sockets_join_loader_to_upscalers(nodes_by_id):
         assert inputs["scale"][1]["min"] == 1.0
         # no randomize widget on the seed: -1 (the latent mean) is the reproducible default
         assert inputs["seed"][1] == {**inputs["seed"][1], "default": -1, "control_after_generate": False}
+
+
+def test_native_nodes_join_comfyui_sockets_and_keep_the_upscale_widgets(nodes_by_id):
+    apply = nodes_by_id["FlowSRApply"]
+    assert {name: spec[0] for name, spec in apply.INPUT_TYPES()["required"].items() if name != "flowsr_weights"} == \
+        {"model": "MODEL", "strength": "FLOAT"}
+    assert apply.INPUT_TYPES()["required"]["strength"][1]["default"] == 1.0
+    assert apply.GET_SCHEMA().outputs[0].io_type == "MODEL"
+    native = nodes_by_id["FlowSRUpscaleModel"].INPUT_TYPES()["required"]
+    one_step = nodes_by_id["FlowSRUpscale"].INPUT_TYPES()["required"]
+    assert [native[name][0] for name in ("model", "vae", "conditioning", "image")] == \
+        ["MODEL", "VAE", "CONDITIONING", "IMAGE"]
+    assert {name: native[name] for name in one_step if name != "flowsr_model"} == \
+        {name: spec for name, spec in one_step.items() if name != "flowsr_model"}
+    assert nodes_by_id["FlowSRUpscaleModel"].GET_SCHEMA().outputs[0].io_type == "IMAGE"
+
+
+def test_apply_offers_the_loaders_files_but_not_the_built_in_model(comfy_home, pack, tiny_model_file):
+    host, native = pack.nodes.host, pack.nodes.native
+    builtin = pack.flowsr.BUILTIN_MODEL_NAME
+    assert builtin in host.weight_choices() and tiny_model_file.name in native.weight_choices()
+    assert native.weight_choices() == [name for name in host.weight_choices() if name != builtin]
 
 
 def test_refine_adds_steps_and_schedule_to_upscale(nodes_by_id):

@@ -18,7 +18,7 @@ def test_there_are_at_least_three_workflows():
 def test_ui_workflow_is_valid(path, workflow_tools, object_info):
     workflow = json.loads(path.read_text())
     assert workflow_tools.check_ui_workflow(workflow, object_info) == []
-    assert {n["type"] for n in workflow["nodes"]} & {"FlowSRUpscale", "FlowSRRefine"}
+    assert {n["type"] for n in workflow["nodes"]} & {"FlowSRUpscale", "FlowSRRefine", "FlowSRUpscaleModel"}
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
@@ -70,6 +70,7 @@ def test_the_real_host_driver_knows_what_size_each_workflow_saves(repo_root_modu
     assert saved["Upscale an image with FlowSR"]["4"] == (400, 320)
     assert saved["Upscale a large image in tiles with FlowSR"]["4"] == (200, 160)
     assert saved["Compare FlowSR one step with several Refine steps"]["6"] == (400, 2 * 320 + 8)  # 8 px apart
+    assert saved["Upscale with your SD 2.1 checkpoint and FlowSR (Load Checkpoint, Apply FlowSR)"]["6"] == (400, 320)
 
 
 def test_the_drivers_wrong_file_is_safetensors_without_flowsr_weights(repo_root_module_loader, tmp_path, pack):

@@ -226,7 +226,8 @@ def check_run_from_page(comfy: ComfyPage, pack: str, path: Path, upload: Path, r
     workflow = json.loads(path.read_text())
     comfy.open_template(pack, path.stem, len(workflow["nodes"]))
     graph = {node["type"]: node for node in comfy.graph()}
-    loader, saver, upscale = graph["LoadImage"], graph["SaveImage"], graph["FlowSRUpscale"]
+    loader, saver = graph["LoadImage"], graph["SaveImage"]
+    upscale = next(graph[kind] for kind in checker.UPSCALE_NODES if kind in graph)
     comfy.upload_through_button(loader["id"], upload)
     uploaded = comfy.wait_widget_value(loader["id"], "image", upload.name)
     report.check("browser: Load Image's button uploaded the picked file and selected it", uploaded, upload.name)
@@ -263,9 +264,18 @@ def run_browser_checks(url: str, chromium: str, pack: str, workflows: list[Path]
                              and all(width > 0 for width in card.get("thumbnail") or [0]), card)
             for path in workflows:
                 check_workflow(comfy, pack, path, object_info, report)
-            upload = screenshots / f"upload_{time.strftime('%Y%m%d_%H%M%S')}.png"
-            write_upload_image(upload, 96)
-            run = check_run_from_page(comfy, pack, checker.simplest_workflow(workflows), upload, report, timeout)
+            runs = []
+            for index, path in enumerate(workflows_run_from_page(workflows)):
+                upload = screenshots / f"upload_{index}_{time.strftime('%Y%m%d_%H%M%S')}.png"
+                write_upload_image(upload, 96)
+                runs.append(check_run_from_page(comfy, pack, path, upload, report, timeout))
         finally:
             browser.close()
-    return {"screenshots": comfy.shots, "run": run}
+    return {"screenshots": comfy.shots, "runs": runs}
+
+
+def workflows_run_from_page(workflows: list[Path]) -> list[Path]:
+    """The simplest workflow on the pack's own loader, and the one on ComfyUI's Load Checkpoint (the driver
+    places a small SD 2.1-shaped checkpoint and FlowSR file under the names it uses)."""
+    native = [path for path in workflows if "FlowSRUpscaleModel" in checker.node_types(path)]
+    return [checker.simplest_workflow(workflows), *native[:1]]

@@ -2,11 +2,13 @@
 
     <ComfyUI venv>/bin/python tests/host/comfyui_driver.py --comfyui /path/to/ComfyUI [--out DIR]
 
-Run it with ComfyUI's own Python (it needs the ComfyUI environment's Pillow and aiohttp, nothing else).
+Run it with ComfyUI's own Python (its Pillow and aiohttp, and the pack's requirements: the native checks build
+their test model and the pack's reference result with torch, diffusers and peft before ComfyUI starts).
+Every server runs with --fp32-text-enc (see SERVER_FLAGS).
 It links this repository into ``custom_nodes/`` (unless a ``ComfyUI-FlowSR`` entry is already there),
 starts ``main.py --cpu --disable-api-nodes`` on 127.0.0.1, and checks:
 
-- the pack imported (no ``(IMPORT FAILED)`` line for it in the log) and its three nodes are in ``/object_info``;
+- the pack imported (no ``(IMPORT FAILED)`` line for it in the log) and its five nodes are in ``/object_info``;
 - the core nodes our workflows use are as ``comfyui_workflows.CORE_NODES`` (what CI validates against) says;
 - the template browser lists each ``workflows/*.json`` and serves its ``.jpg`` thumbnail;
 - every workflow validates against the live ``/object_info``, its ``workflows/api`` twin is what the
@@ -16,8 +18,12 @@ starts ``main.py --cpu --disable-api-nodes`` on 127.0.0.1, and checks:
   and late in the run, inside the network call under way (the delays are in the report);
 - scale 0 is refused at validation and a wrong file in the loader fails with FlowSR's message, the server
   staying up;
+- the native nodes (Load Checkpoint -> Apply FlowSR -> FlowSR Upscale (ComfyUI model)) on a small SD 2.1-shaped
+  checkpoint it places in ``models/checkpoints`` (and a FlowSR file in ``models/flowsr``) under the names the
+  shipped workflow uses, as ``comfyui_native.py`` says: exact against the pack's own path, tiled against
+  untiled, no reload on a second upscale, stacking with Load LoRA, and in a server started with fp8 weights;
 - with ``--browser /usr/bin/chromium``: ComfyUI's page in that browser, as ``comfyui_browser.py`` says
-  (template cards, each workflow opened from its card, one run from the page); screenshots go to
+  (template cards, each workflow opened from its card, runs from the page); screenshots go to
   ``--screenshots`` (default: OUT/screenshots). Needs playwright in this Python.
 
 Results go to ``--out`` (report.json, report.md, the server log). ``--thumbnails DIR`` also writes each
@@ -47,10 +53,14 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import comfyui_browser  # noqa: E402
+import comfyui_native  # noqa: E402
 import comfyui_workflows as checker  # noqa: E402
 
 PACK_FOLDER = "ComfyUI-FlowSR"
-OUR_NODES = ("FlowSRLoader", "FlowSRUpscale", "FlowSRRefine")
+OUR_NODES = ("FlowSRLoader", "FlowSRUpscale", "FlowSRRefine", "FlowSRApply", "FlowSRUpscaleModel")
+#: Every server runs the text encoder in fp32 (ComfyUI's CPU default is fp16), so the native nodes can be held
+#: to the pack's fp32 result.
+SERVER_FLAGS = ("--fp32-text-enc",)
 INPUT_NAME = "flowsr_driver_input.png"
 #: Cancel must stop an upscale within this many seconds of the press (issue 24: "within a second"; the margin
 #: is for the websocket and a busy machine): FlowSR looks for it before every layer of its networks.
@@ -63,11 +73,12 @@ PROMPT_ENDS = ("execution_interrupted", "execution_error", "execution_success")
 class Server:
     """A ComfyUI process of our own on 127.0.0.1, and the few HTTP calls the checks need."""
 
-    def __init__(self, comfyui: Path, python: str, port: int, log: Path):
+    def __init__(self, comfyui: Path, python: str, port: int, log: Path, flags: tuple = ()):
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self.client_id = uuid.uuid4().hex
-        command = [python, "main.py", "--cpu", "--disable-api-nodes", "--listen", "127.0.0.1", "--port", str(port)]
+        command = [python, "main.py", "--cpu", "--disable-api-nodes", "--listen", "127.0.0.1", "--port", str(port),
+                   *SERVER_FLAGS, *flags]
         self.process = subprocess.Popen(command, cwd=comfyui, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
 
@@ -252,7 +263,7 @@ def expected_sizes(prompt: dict, input_size: tuple[int, int]) -> dict[str, Optio
         size = None
         if kind == "LoadImage":
             size = input_size
-        elif kind in ("FlowSRUpscale", "FlowSRRefine", "ImageScaleBy"):
+        elif kind in (*checker.UPSCALE_NODES, "ImageScaleBy"):
             factor = inputs.get("scale", inputs.get("scale_by"))
             base = source("image")
             size = base and (max(1, round(base[0] * factor)), max(1, round(base[1] * factor)))
@@ -322,7 +333,7 @@ def run_workflows(server: Server, comfyui: Path, workflows: list[Path], object_i
                              size == expected[node_id], size)
         report.check(f"{path.stem}: saved images", bool(outputs))
         progress = listener.for_prompt(answer["prompt_id"])
-        ours = {n for n, node in prompt.items() if node["class_type"] in OUR_NODES[1:]}
+        ours = {n for n, node in prompt.items() if node["class_type"] in checker.UPSCALE_NODES}
         ticks = {n: [m["value"] for m in progress if m.get("node") == n] for n in ours}
         report.check(f"{path.stem}: progress bar advanced tile by tile to the end",
                      all(t and t == list(range(1, t[-1] + 1)) and t[-1] == progress_max(progress, n)
@@ -471,6 +482,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds one workflow may take")
     parser.add_argument("--thumbnails", type=Path, help="also write <workflow>.jpg from each workflow's output")
     parser.add_argument("--skip-cancel", action="store_true", help="skip the Cancel check (about 20 s)")
+    parser.add_argument("--test-models", type=Path, default=REPO_ROOT / "out" / "comfyui-test-models",
+                        help="where the small SD 2.1-shaped test checkpoint is built once and kept (about 0.9 GB)")
+    parser.add_argument("--skip-options", action="store_true",
+                        help="skip the native nodes' run in a server started with fp8 weights")
     parser.add_argument("--browser", help="Chromium to open ComfyUI's page in (e.g. /usr/bin/chromium)")
     parser.add_argument("--screenshots", type=Path, help="where the browser checks' screenshots go "
                                                          "(default: OUT/screenshots)")
@@ -482,8 +497,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     workflows = sorted((REPO_ROOT / "workflows").glob("*.json"))
     report = Report()
     pack = install_pack(comfyui, report)
-    server = Server(comfyui, args.python, args.port, args.out / "comfyui.log")
     summary: dict[str, Any] = {"comfyui_commit": comfyui_commit(comfyui, args.comfyui_commit)}
+    models = comfyui_native.TestModels(comfyui, args.test_models)
+    try:
+        models.place()
+        models.write_inputs()
+        models.compute_reference()  # before ComfyUI starts: the two never hold their models at once
+        report.check("native: test models placed, the pack's reference computed", True,
+                     [str(link) for link in models.links])
+    except Exception as error:
+        report.check("native: test models placed, the pack's reference computed", False,
+                     f"{type(error).__name__}: {error}")
+    server = Server(comfyui, args.python, args.port, args.out / "comfyui.log")
     try:
         server.wait_ready()
         summary["comfyui_version"] = server.get("/system_stats")["system"].get("comfyui_version")
@@ -498,16 +523,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         summary["workflows"] = run_workflows(server, comfyui, workflows, object_info, input_name, input_size,
                                              listener, report, args.thumbnails, args.timeout)
         summary["bad_inputs"] = check_bad_inputs(server, comfyui, workflows, input_name, report, args.timeout)
+        if models.reference:
+            summary["native"] = comfyui_native.check_exactness(server, comfyui, REPO_ROOT / "workflows", models,
+                                                               report, args.timeout)
+            summary["native_stacking"] = comfyui_native.check_stacking(server, comfyui, REPO_ROOT / "workflows",
+                                                                       models, report, args.timeout)
         if args.browser:
             summary["browser"] = comfyui_browser.run_browser_checks(
                 server.url, args.browser, pack.name, workflows, object_info, report,
                 args.screenshots or args.out / "screenshots", args.timeout)
         if not args.skip_cancel:
             summary["cancel"] = check_cancel(server, comfyui, workflows, listener, report, args.timeout)
+        server.stop()
+        if models.reference and not args.skip_options:
+            summary["native_options"] = comfyui_native.check_options(
+                lambda flags, index: Server(comfyui, args.python, args.port + index,
+                                            args.out / f"comfyui-{index}.log", tuple(flags)),
+                comfyui, REPO_ROOT / "workflows", models, report, args.timeout)
     except Exception as error:  # report what broke, then still stop the server
         report.check("driver ran to the end", False, f"{type(error).__name__}: {error}")
     finally:
         server.stop()
+        models.remove()
     summary["checks"] = report.checks
     summary["passed"] = report.ok
     (args.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -15,8 +15,9 @@ from typing import Any, Optional
 
 #: The ComfyUI core nodes our workflows use, described as ``/object_info`` describes them (inputs in
 #: order, with the options that matter for checking values; outputs). Checked against Comfy-Org/ComfyUI
-#: a125cd84b054: nodes.py (LoadImage, SaveImage, PreviewImage, ImageScaleBy) and comfy_extras/nodes_images.py
-#: (ImageStitch). LoadImage's choices are the files in ComfyUI's input folder; ComfyUI ships example.png.
+#: a125cd84b054: nodes.py (LoadImage, SaveImage, PreviewImage, ImageScaleBy, CheckpointLoaderSimple, CLIPTextEncode)
+#: and comfy_extras/nodes_images.py (ImageStitch). LoadImage's choices are the files in ComfyUI's input folder
+#: (ComfyUI ships example.png); Load Checkpoint's those in models/checkpoints, here SD 2.1-base as users keep it.
 CORE_NODES: dict[str, dict] = {
     "LoadImage": {
         "display_name": "Load Image",
@@ -37,6 +38,16 @@ CORE_NODES: dict[str, dict] = {
             "scale_by": ["FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0, "step": 0.01}]}},
         "output": ["IMAGE"],
     },
+    "CheckpointLoaderSimple": {
+        "display_name": "Load Checkpoint",
+        "input": {"required": {"ckpt_name": [["v2-1_512-ema-pruned.safetensors"], {}]}},
+        "output": ["MODEL", "CLIP", "VAE"],
+    },
+    "CLIPTextEncode": {
+        "display_name": "CLIP Text Encode (Prompt)",
+        "input": {"required": {"text": ["STRING", {"multiline": True, "dynamicPrompts": True}], "clip": ["CLIP", {}]}},
+        "output": ["CONDITIONING"],
+    },
     "ImageStitch": {
         "display_name": "Image Stitch",
         "input": {
@@ -50,6 +61,13 @@ CORE_NODES: dict[str, dict] = {
         "output": ["IMAGE"],
     },
 }
+
+#: The model files our workflows name, as a ComfyUI that has them lists them: (node, input) -> choices.
+MODEL_FILES = {("FlowSRApply", "flowsr_weights"): ["flowsr.safetensors"],
+               ("CheckpointLoaderSimple", "ckpt_name"): ["v2-1_512-ema-pruned.safetensors"]}
+
+#: Our nodes that upscale, each with a progress bar.
+UPSCALE_NODES = ("FlowSRUpscale", "FlowSRRefine", "FlowSRUpscaleModel")
 
 #: Node types that live only in the frontend: saved in UI workflows, never sent to the server.
 FRONTEND_ONLY = {"Note", "MarkdownNote"}

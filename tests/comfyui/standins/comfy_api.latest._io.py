@@ -75,6 +75,9 @@ def Custom(io_type: str):
 
 Image = _socket_type("IMAGE")
 Mask = _socket_type("MASK")
+Model = _socket_type("MODEL")
+Vae = _socket_type("VAE")
+Conditioning = _socket_type("CONDITIONING")
 
 
 class Boolean:
