@@ -151,14 +151,13 @@ def _fetch(location: str, partial: Path, size: int, file: HubFile, folder: Path,
     if done > size:  # not a prefix of this file: start over
         partial.unlink()
         done = 0
-    bar = None if progress is None else _ProgressBar.reporting_to(progress)
     # Mode 0o666 less the umask, as any new file: readable by a host running as another user.
     descriptor = os.open(partial, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
     with os.fdopen(descriptor, "r+b") as out:
         out.seek(done)
         try:
-            http_get(location, out, resume_size=done, expected_size=size, displayed_filename=file.filename,
-                     tqdm_class=bar)
+            http_get(location, out if progress is None else _ReportingFile(out, size, progress), resume_size=done,
+                     expected_size=size, displayed_filename=file.filename)
         except OSError as error:  # the connection broke for good (huggingface_hub retried); the part stays
             raise DownloadError(f"the download of {file.filename} broke off ({_first_line(error)}); run again to continue "
                                 f"it, or {file.by_hand(folder)}") from None
@@ -188,25 +187,17 @@ def _first_line(error: Exception) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
-class _ProgressBar:
-    """Stands in for the tqdm bar huggingface_hub makes, reporting bytes to a callback instead of a terminal."""
+class _ReportingFile:
+    """The partial file, reporting its size to ``progress`` as huggingface_hub writes to it. (Its progress-bar
+    hook, ``tqdm_class``, exists only in its newer releases; A1111's pin, 0.25, has none.)"""
 
-    def __init__(self, report: DownloadProgress, total: Optional[int] = None, initial: int = 0, **_):
-        self.report, self.total, self.n = report, total or 0, initial
-        self.report(self.n, self.total)
+    def __init__(self, file, total: int, progress: DownloadProgress):
+        self.file, self.total, self.progress = file, total, progress
 
-    @classmethod
-    def reporting_to(cls, report: DownloadProgress):
-        import functools
+    def write(self, data: bytes) -> int:
+        written = self.file.write(data)
+        self.progress(self.file.tell(), self.total)
+        return written
 
-        return functools.partial(cls, report)
-
-    def update(self, count: int) -> None:
-        self.n += count
-        self.report(self.n, self.total)
-
-    def __enter__(self) -> "_ProgressBar":
-        return self
-
-    def __exit__(self, *_) -> None:
-        return None
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)

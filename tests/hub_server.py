@@ -47,11 +47,36 @@ class FakeHub(ThreadingHTTPServer):
 
 
 def patch_endpoint(monkeypatch, endpoint: str) -> None:
-    """huggingface_hub in this process talks to ``endpoint`` (it reads HF_ENDPOINT once, at import)."""
+    """huggingface_hub in this process talks to ``endpoint`` (it reads HF_ENDPOINT once, at import), online even
+    where the environment says HF_HUB_OFFLINE=1 (CI does, so that nothing else reaches the internet)."""
+    from huggingface_hub import constants, file_download
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    # Releases before 1.0 (A1111's pin, 0.25) copied both into file_download at import.
+    for module in (constants, file_download):
+        for name, value in (("ENDPOINT", endpoint), ("HUGGINGFACE_CO_URL_TEMPLATE", template)):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, value)
+    reset_sessions()
+
+
+def patch_offline(monkeypatch) -> None:
+    """huggingface_hub in this process behaves as with HF_HUB_OFFLINE=1."""
     from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    reset_sessions()
+
+
+def reset_sessions() -> None:
+    """Forget huggingface_hub's HTTP sessions: releases before 1.0 (A1111's pin, 0.25) build one per thread with
+    the offline setting of that moment, and keep its pooled connections to servers a test has closed."""
+    from huggingface_hub import utils
+
+    if hasattr(utils, "reset_sessions"):
+        utils.reset_sessions()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.hub_server import FakeHub, patch_endpoint
+from tests.hub_server import FakeHub, patch_endpoint, patch_offline
 
 DOWNLOAD = " (download if missing)"
 
@@ -37,9 +37,7 @@ def test_picking_the_download_fetches_it_into_models_flowsr_with_progress(
 
 
 def test_offline_the_message_says_which_file_goes_where(run, served_weights, comfy_home, flowsr, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    patch_offline(monkeypatch)
     with pytest.raises(flowsr.CheckpointError) as caught:
         run("FlowSRLoader", flowsr_weights="flowsr.safetensors" + DOWNLOAD, base_model="none", dtype="auto")
     message = str(caught.value)

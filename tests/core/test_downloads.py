@@ -12,7 +12,7 @@ from PIL import Image
 
 from flowsr import downloads
 from flowsr.downloads import FLOWSR_WEIGHTS, DownloadError
-from tests.hub_server import FakeHub, patch_endpoint
+from tests.hub_server import FakeHub, patch_endpoint, patch_offline
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTENT = bytes(range(256)) * 4096  # 1 MiB, more than one of huggingface_hub's 10 MB chunks would need
@@ -80,9 +80,7 @@ def test_corrupted_transfer_is_refused_and_nothing_keeps_the_name(hub, tmp_path)
 
 
 def test_offline_says_which_file_goes_where(hub, tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    patch_offline(monkeypatch)
     with pytest.raises(DownloadError) as error:
         downloads.download(FLOWSR_WEIGHTS, tmp_path)
     message = str(error.value)
