@@ -10,8 +10,9 @@ the checks cost. The largest gap between two polls is the longest Cancel can wai
 "between calls") that followed the poll. The same with tiles off (``--untiled``), where one layer spans the image.
 
 ``--cli``: the command line upscales a PNG of that size; SIGINT (Ctrl-C) arrives 0.5 s and 3 s after its
-pipeline started; printed: the seconds to its exit and its exit code (130). Python raises KeyboardInterrupt
-between two operations, so the wait is the operation under way plus the job's clean-up.
+pipeline started; printed: the seconds to its "interrupted" message and to its exit, and its exit code (130).
+Python raises KeyboardInterrupt between two operations, so the wait is the operation under way, the job's
+clean-up and the interpreter's exit.
 """
 from __future__ import annotations
 
@@ -102,6 +103,27 @@ def in_process(args: argparse.Namespace) -> None:
         print(f"  {label}: {seconds:.2f} s, {len(polls.polls)} polls; largest gaps: {gaps}")
 
 
+def per_layer_cost(layers: int = 1000, repeat: int = 200) -> None:
+    """The host time one check adds to a layer: what it costs where layers are short (a GPU's host thread)."""
+    from torch import nn
+
+    from flowsr.progress import Progress
+
+    network, x = nn.Sequential(*(nn.Identity() for _ in range(layers))), torch.zeros(1)
+
+    def forward_seconds() -> float:
+        started = time.process_time()
+        for _ in range(repeat):
+            network(x)
+        return time.process_time() - started
+
+    plain = forward_seconds()
+    with Progress(0, None, lambda: False).checked_inside([network]):
+        checked = forward_seconds()
+    print(f"  one check adds {(checked - plain) / (layers * repeat) * 1e6:.1f} us of CPU time to a layer "
+          f"(an empty layer alone: {plain / (layers * repeat) * 1e6:.1f} us)")
+
+
 def command_line(args: argparse.Namespace) -> None:
     from PIL import Image
 
@@ -120,10 +142,12 @@ def command_line(args: argparse.Namespace) -> None:
             time.sleep(after)
             sent = time.perf_counter()
             process.send_signal(signal.SIGINT)
+            said = next((time.perf_counter() for line in process.stderr if "flowsr: interrupted" in line), None)
             process.stderr.read()
             code = process.wait()
-            print(f"  command line, Ctrl-C {after} s into the upscale: exited {time.perf_counter() - sent:.2f} s "
-                  f"later with {code}")
+            stopped = "no message" if said is None else f"said it was interrupted {said - sent:.2f} s later"
+            print(f"  command line, Ctrl-C {after} s into the upscale: {stopped}, exited "
+                  f"{time.perf_counter() - sent:.2f} s later with {code}")
 
 
 def size(text: str) -> tuple[int, int]:
@@ -140,6 +164,7 @@ def main() -> None:
     parser.add_argument("--untiled", action="store_true", help="also measure the gaps with tiles off")
     parser.add_argument("--cli", action="store_true", help="also time Ctrl-C of the command line")
     args = parser.parse_args()
+    per_layer_cost()
     in_process(args)
     if args.cli:
         command_line(args)
