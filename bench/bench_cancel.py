@@ -5,13 +5,14 @@
     python bench/bench_cancel.py --cli                                # and Ctrl-C of `python -m flowsr upscale`
 
 In this process: the upscale with automatic tiles without a cancel hook (no checks) and with one that never
-cancels (a check before every layer of the networks), best of ``--repeat`` each: their time ratio is what the
-checks cost. The largest gap between two polls is the longest Cancel can wait; it is named by the layer (or
+cancels (a check before every layer of the networks), best of ``--repeat`` each: their ratio of CPU time is what
+the checks cost. The largest gap between two polls is the longest Cancel can wait; it is named by the layer (or
 "between calls") that followed the poll. The same with tiles off (``--untiled``), where one layer spans the image.
 
 ``--cli``: the command line upscales a PNG of that size; SIGINT (Ctrl-C) arrives 0.5 s and 3 s after its
-pipeline started; printed: the seconds to its exit and its exit code (130). Python raises KeyboardInterrupt
-between two operations, so the wait is the operation under way plus the job's clean-up.
+pipeline started; printed: the seconds to its "interrupted" message and to its exit, and its exit code (130).
+Python raises KeyboardInterrupt between two operations, so the wait is the operation under way, the job's
+clean-up and the interpreter's exit.
 """
 from __future__ import annotations
 
@@ -74,6 +75,13 @@ def timed(pipe, image: torch.Tensor, options: dict, cancel=None) -> float:
     return time.perf_counter() - started
 
 
+def cpu_timed(pipe, image: torch.Tensor, options: dict, cancel=None) -> float:
+    """CPU seconds of this process: less disturbed than wall time by other work on a shared machine."""
+    started = time.process_time()
+    pipe.upscale_tensor(image, **options, cancel=cancel)
+    return time.process_time() - started
+
+
 def in_process(args: argparse.Namespace) -> None:
     pipe = build_pipeline(args.model, "cpu", "fp32")
     width, height = args.input
@@ -82,17 +90,38 @@ def in_process(args: argparse.Namespace) -> None:
     print(f"{args.model}, {width}x{height} at {args.scale:g}x, CPU, {torch.get_num_threads()} threads; "
           f"automatic tiling: {pipe._tiling((height * round(args.scale), width * round(args.scale)), None, None, None)}")
     plain, checked = [], []
-    for _ in range(args.repeat):
-        plain.append(timed(pipe, image, options))
-        checked.append(timed(pipe, image, options, cancel=lambda: False))
-    print(f"  no checks {min(plain):.2f} s, checks before every layer {min(checked):.2f} s: "
-          f"x{min(checked) / min(plain):.3f}")
+    for _ in range(args.repeat):  # alternated, so that a change in the machine's load hits both alike
+        plain.append(cpu_timed(pipe, image, options))
+        checked.append(cpu_timed(pipe, image, options, cancel=lambda: False))
+    print(f"  CPU seconds, best of {args.repeat}: no checks {min(plain):.2f}, checks before every layer "
+          f"{min(checked):.2f}: x{min(checked) / min(plain):.3f}")
     layouts = [("automatic tiles", options)] + ([("untiled", {**options, "tile_size": 0})] if args.untiled else [])
     for label, layout in layouts:
         polls = PollTimes(pipe.model)
         seconds = timed(pipe, image, layout, cancel=polls)
         gaps = ", ".join(f"{gap:.3f} s after the poll in {where}" for gap, where in polls.largest_gaps(time.perf_counter()))
         print(f"  {label}: {seconds:.2f} s, {len(polls.polls)} polls; largest gaps: {gaps}")
+
+
+def per_layer_cost(layers: int = 1000, repeat: int = 200) -> None:
+    """The host time one check adds to a layer: what it costs where layers are short (a GPU's host thread)."""
+    from torch import nn
+
+    from flowsr.progress import Progress
+
+    network, x = nn.Sequential(*(nn.Identity() for _ in range(layers))), torch.zeros(1)
+
+    def forward_seconds() -> float:
+        started = time.process_time()
+        for _ in range(repeat):
+            network(x)
+        return time.process_time() - started
+
+    plain = forward_seconds()
+    with Progress(0, None, lambda: False).checked_inside([network]):
+        checked = forward_seconds()
+    print(f"  one check adds {(checked - plain) / (layers * repeat) * 1e6:.1f} us of CPU time to a layer "
+          f"(an empty layer alone: {plain / (layers * repeat) * 1e6:.1f} us)")
 
 
 def command_line(args: argparse.Namespace) -> None:
@@ -113,10 +142,12 @@ def command_line(args: argparse.Namespace) -> None:
             time.sleep(after)
             sent = time.perf_counter()
             process.send_signal(signal.SIGINT)
+            said = next((time.perf_counter() for line in process.stderr if "flowsr: interrupted" in line), None)
             process.stderr.read()
             code = process.wait()
-            print(f"  command line, Ctrl-C {after} s into the upscale: exited {time.perf_counter() - sent:.2f} s "
-                  f"later with {code}")
+            stopped = "no message" if said is None else f"said it was interrupted {said - sent:.2f} s later"
+            print(f"  command line, Ctrl-C {after} s into the upscale: {stopped}, exited "
+                  f"{time.perf_counter() - sent:.2f} s later with {code}")
 
 
 def size(text: str) -> tuple[int, int]:
@@ -133,6 +164,7 @@ def main() -> None:
     parser.add_argument("--untiled", action="store_true", help="also measure the gaps with tiles off")
     parser.add_argument("--cli", action="store_true", help="also time Ctrl-C of the command line")
     args = parser.parse_args()
+    per_layer_cost()
     in_process(args)
     if args.cli:
         command_line(args)

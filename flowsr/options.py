@@ -86,7 +86,8 @@ SCHEDULE = Option("schedule", str, "uniform", "Where the steps (when more than o
 TILE_SIZE = Option("tile_size", int, None, "Tile side in latent pixels (x8 image pixels for SD 2.1, x4 for the "
                    "built-in model): big images are upscaled tile by tile so memory stays bounded. Smaller tiles "
                    "need less memory; out of memory, tiles shrink by themselves.", minimum=MIN_TILE_SIZE,
-                   maximum=1024, automatic="chosen from free memory (no tiles when the whole image fits)",
+                   maximum=1024, automatic="chosen from free memory (no tiles when the whole image fits; on a "
+                                           "CPU at most the model's CPU tile, so that Cancel answers at once)",
                    special={0: "off"})
 TILE_OVERLAP = Option("tile_overlap", int, None, "Latent pixels that neighbouring tiles share and blend, hiding "
                       "seams; at most half the tile.", minimum=0, maximum=512,
