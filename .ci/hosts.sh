@@ -5,6 +5,8 @@
 
 COMFYUI_SNAPSHOT=comfyui-0.3.64.tar.gz  # Comfy-Org/ComfyUI a125cd84b054
 A1111_SNAPSHOT=a1111-1.10.1.tar.gz      # AUTOMATIC1111/stable-diffusion-webui v1.10.1
+REFORGE_SNAPSHOT=reforge-2026-03-11.tar.gz  # Panchovix/stable-diffusion-webui-reForge 3b56b268ad91
+SDNEXT_SNAPSHOT=sdnext-2026-07-23.tar.gz    # vladmandic/sdnext 058a7f0cf326
 # The torch pair that imports together on the CPU (torchvision for torch 2.13.0 does not). Each host gets its
 # own copy: a copy shared through a .pth file let A1111 see two numpy versions, and the extension's install.py
 # (which pins every installed distribution) could then install nothing.
@@ -31,6 +33,19 @@ build_a1111() {  # SNAPSHOT WORK: the pins of requirements_versions.txt (not tor
         | grep -vE '^(torch|setuptools)([=<> ]|$)' >"$2/a1111/requirements.txt"
     local pip=("$2/a1111/venv/bin/python" -m "${PIP_INSTALL[@]}" -c "$2/torch.txt")
     "${pip[@]}" -r "$2/a1111/requirements.txt"
+    "${pip[@]}" "setuptools>=77.0.3,<81" openai-clip==1.0.1
+}
+
+build_reforge() {  # SNAPSHOT A1111_SNAPSHOT WORK: as A1111, with reForge's own pins (see .ci/README.md for
+                  # the one replaced) and A1111's repositories/, which reForge's launcher would clone
+    mkdir -p "$3/reforge" && tar xzf "$1" -C "$3/reforge"
+    local webui=$3/reforge/stable-diffusion-webui-reForge
+    tar xzf "$2" -C "$webui" --strip-components=1 stable-diffusion-webui/repositories
+    host_venv "$3" reforge
+    tr -d '\r' <"$webui/requirements_versions.txt" | grep -vE '^(torch|setuptools)([=<> ]|$)' \
+        | sed -E 's|^https://.*/pydantic-([0-9.]+)-py3-none-any.whl$|pydantic==\1|' >"$3/reforge/requirements.txt"
+    local pip=("$3/reforge/venv/bin/python" -m "${PIP_INSTALL[@]}" -c "$3/torch.txt")
+    "${pip[@]}" -r "$3/reforge/requirements.txt"
     "${pip[@]}" "setuptools>=77.0.3,<81" openai-clip==1.0.1
 }
 
