@@ -1,7 +1,8 @@
-# The two real hosts, built from their source snapshots as their setups that work on a CPU machine say, and
-# the browser that opens ComfyUI's page. Sourced by .ci/run; by hand, in bash:
+# The real hosts, built from their source snapshots as their setups that work on a CPU machine say, and the
+# browser that opens ComfyUI's page. Sourced by .ci/run; by hand, in bash:
 #   source .ci/hosts.sh; build_hosts SNAPSHOT_FOLDER WORK_FOLDER LOG_FOLDER
-# leaves WORK/comfyui/{ComfyUI,venv} and WORK/a1111/{stable-diffusion-webui,venv} (a few GB, several minutes).
+# leaves WORK/comfyui/{ComfyUI,venv}, WORK/a1111/{stable-diffusion-webui,venv} and
+# WORK/reforge/{stable-diffusion-webui-reForge,venv} (a few GB each, several minutes). Pins replaced: .ci/README.md.
 
 COMFYUI_SNAPSHOT=comfyui-0.3.64.tar.gz  # Comfy-Org/ComfyUI a125cd84b054
 A1111_SNAPSHOT=a1111-1.10.1.tar.gz      # AUTOMATIC1111/stable-diffusion-webui v1.10.1
@@ -49,19 +50,37 @@ build_reforge() {  # SNAPSHOT A1111_SNAPSHOT WORK: as A1111, with reForge's own 
     "${pip[@]}" "setuptools>=77.0.3,<81" openai-clip==1.0.1
 }
 
+#: What SD.Next's installer would add at start (installer.py: gradio and its no-deps set, pydantic, scipy, opencv),
+#: with diffusers and transformers at the releases of the git commits it pins (see .ci/README.md).
+SDNEXT_EXTRAS=(gradio==3.43.2 gradio-client==0.5.0 aiofiles ffmpy pydub uvicorn semantic-version altair python-multipart
+               matplotlib importlib-resources pydantic==2.13.4 scipy==1.14.1 opencv-python-headless==4.13.0.92
+               diffusers==0.39.0 transformers==5.13.0 compel==2.4.0)
+
+build_sdnext() {  # SNAPSHOT WORK: SD.Next's requirements.txt (not its linters) and SDNEXT_EXTRAS; started with
+                  # --skip-all so that its installer neither installs nor reaches git
+    mkdir -p "$2/sdnext" && tar xzf "$1" -C "$2/sdnext"
+    host_venv "$2" sdnext
+    grep -vE '^(ruff|pylint|pre-commit)\s*$' "$2/sdnext/sdnext/requirements.txt" >"$2/sdnext/requirements.txt"
+    "$2/sdnext/venv/bin/python" -m "${PIP_INSTALL[@]}" -c "$2/torch.txt" -r "$2/sdnext/requirements.txt" \
+        "${SDNEXT_EXTRAS[@]}"
+}
+
 ensure_chromium() {  # Debian's Chromium, for playwright's executable_path (playwright's own download cannot work here)
     command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 }
 
-build_hosts() {  # SNAPSHOTS WORK LOGS: both hosts (in parallel), Chromium, and in ComfyUI's venv the node
+build_hosts() {  # SNAPSHOTS WORK LOGS: the hosts (in parallel), Chromium, and in ComfyUI's venv the node
                  # pack's requirements (as its README says) and playwright for the browser checks
     local snapshots=$1 work=$2 logs=$3
     ensure_chromium >"$logs/build-chromium.log" 2>&1 &
     local chromium=$!
     build_comfyui "$snapshots/$COMFYUI_SNAPSHOT" "$work" >"$logs/build-comfyui.log" 2>&1 &
     local comfyui=$!
+    build_reforge "$snapshots/$REFORGE_SNAPSHOT" "$snapshots/$A1111_SNAPSHOT" "$work" >"$logs/build-reforge.log" 2>&1 &
+    local reforge=$!
     build_a1111 "$snapshots/$A1111_SNAPSHOT" "$work" >"$logs/build-a1111.log" 2>&1 || return 1
     wait "$comfyui" || return 1
+    wait "$reforge" || return 1
     wait "$chromium" || return 1
     "$work/comfyui/venv/bin/python" -m "${PIP_INSTALL[@]}" -c "$work/torch.txt" -r requirements.txt playwright \
         >>"$logs/build-comfyui.log" 2>&1

@@ -395,4 +395,23 @@ class ConsoleProgress:
             self.bar.close()
 
 
+def load_upscalers_and_flowsr(load_upscalers) -> None:
+    """The host's ``modelloader.load_upscalers``, then FlowSR's entries where it left them out.
+
+    A1111 lists every subclass of ``Upscaler``; reForge lists a fixed set of its own classes, so there FlowSR
+    adds its entries each time the list is built, with the models path A1111 would pass (--flowsr-models-path).
+    """
+    load_upscalers()
+    if not any(entry.scaler.name == "FlowSR" for entry in shared.sd_upscalers):
+        flowsr_upscaler = UpscalerFlowSR(getattr(shared.cmd_opts, "flowsr_models_path", None))
+        shared.sd_upscalers = [*shared.sd_upscalers, *flowsr_upscaler.scalers]
+
+
+def list_in_upscalers() -> None:
+    from modules import modelloader
+
+    modelloader.load_upscalers = functools.partial(load_upscalers_and_flowsr, modelloader.load_upscalers)
+
+
 register_settings()
+list_in_upscalers()

@@ -47,8 +47,13 @@ def record_passes(monkeypatch):
 # ------------------------------------------------------------------------------------------ the list
 
 
-def test_lists_the_public_weights_at_two_scales_and_the_builtin_model(start_a1111):
-    a1111 = start_a1111()
+@pytest.mark.parametrize("reforge", [False, True], ids=["a1111", "reforge"])
+def test_lists_the_public_weights_at_two_scales_and_the_builtin_model(start_a1111, reforge):
+    """Listed once whether the host lists Upscaler's subclasses (A1111) or only its own (reForge), also when the
+    list is built again."""
+    a1111 = start_a1111(reforge=reforge)
+    a1111.modelloader.load_upscalers()
+    assert [u.name for u in a1111.shared.sd_upscalers] == list(a1111.upscalers)
     entries = {name: (u.data_path, u.scale) for name, u in a1111.upscalers.items()}
     assert entries == {"FlowSR 4x": (None, 4), "FlowSR 2x": (None, 2), BUILTIN_ENTRY: (a1111.script.BUILTIN, 4)}
     assert (a1111.models / "FlowSR").is_dir(), "the folder for the weights is created, so users see where they go"
