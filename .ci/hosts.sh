@@ -50,19 +50,22 @@ build_reforge() {  # SNAPSHOT A1111_SNAPSHOT WORK: as A1111, with reForge's own 
     "${pip[@]}" "setuptools>=77.0.3,<81" openai-clip==1.0.1
 }
 
-#: What SD.Next's installer would add at start (installer.py: gradio and its no-deps set, pydantic, scipy, opencv),
-#: with diffusers and transformers at the releases of the git commits it pins (see .ci/README.md).
-SDNEXT_EXTRAS=(gradio==3.43.2 gradio-client==0.5.0 aiofiles ffmpy pydub uvicorn semantic-version altair python-multipart
-               matplotlib importlib-resources pydantic==2.13.4 scipy==1.14.1 opencv-python-headless==4.13.0.92
-               diffusers==0.39.0 transformers==5.13.0 compel==2.4.0)
+#: What SD.Next's installer would add at start (installer.py: pydantic, scipy, opencv, gradio's dependencies; gradio
+#: itself without its dependencies, as it does), with diffusers and transformers at the releases of the git
+#: commits it pins (see .ci/README.md).
+SDNEXT_EXTRAS=(aiofiles ffmpy pydub uvicorn semantic-version altair python-multipart matplotlib importlib-resources
+               pydantic==2.13.4 scipy==1.14.1 opencv-python-headless==4.13.0.92 diffusers==0.39.0
+               transformers==5.13.0)
+SDNEXT_NO_DEPS=(gradio==3.43.2 gradio-client==0.5.0 compel==2.4.0)
 
-build_sdnext() {  # SNAPSHOT WORK: SD.Next's requirements.txt (not its linters) and SDNEXT_EXTRAS; started with
-                  # --skip-all so that its installer neither installs nor reaches git
+build_sdnext() {  # SNAPSHOT WORK: SD.Next's requirements.txt (not its linters) and its installer's extras; started
+                  # with --skip-all so that its installer neither installs nor reaches git
     mkdir -p "$2/sdnext" && tar xzf "$1" -C "$2/sdnext"
     host_venv "$2" sdnext
     grep -vE '^(ruff|pylint|pre-commit)\s*$' "$2/sdnext/sdnext/requirements.txt" >"$2/sdnext/requirements.txt"
-    "$2/sdnext/venv/bin/python" -m "${PIP_INSTALL[@]}" -c "$2/torch.txt" -r "$2/sdnext/requirements.txt" \
-        "${SDNEXT_EXTRAS[@]}"
+    local pip=("$2/sdnext/venv/bin/python" -m "${PIP_INSTALL[@]}" -c "$2/torch.txt")
+    "${pip[@]}" -r "$2/sdnext/requirements.txt" "${SDNEXT_EXTRAS[@]}"
+    "${pip[@]}" --no-deps "${SDNEXT_NO_DEPS[@]}"
 }
 
 ensure_chromium() {  # Debian's Chromium, for playwright's executable_path (playwright's own download cannot work here)
