@@ -62,10 +62,10 @@ build_sdnext() {  # SNAPSHOT WORK: SD.Next's requirements.txt (not its linters) 
                   # with --skip-all so that its installer neither installs nor reaches git
     mkdir -p "$2/sdnext" && tar xzf "$1" -C "$2/sdnext"
     host_venv "$2" sdnext
-    grep -vE '^(ruff|pylint|pre-commit)\s*$' "$2/sdnext/sdnext/requirements.txt" >"$2/sdnext/requirements.txt"
+    grep -vE '^(ruff|pylint|pre-commit|setuptools==.*)\s*$' "$2/sdnext/sdnext/requirements.txt" >"$2/sdnext/requirements.txt"
     local pip=("$2/sdnext/venv/bin/python" -m "${PIP_INSTALL[@]}" -c "$2/torch.txt")
-    "${pip[@]}" -r "$2/sdnext/requirements.txt" "${SDNEXT_EXTRAS[@]}"
-    "${pip[@]}" --no-deps "${SDNEXT_NO_DEPS[@]}"
+    "${pip[@]}" -r "$2/sdnext/requirements.txt" "${SDNEXT_EXTRAS[@]}" "setuptools>=77.0.3,<81" &&
+        "${pip[@]}" --no-deps "${SDNEXT_NO_DEPS[@]}"
 }
 
 ensure_chromium() {  # Debian's Chromium, for playwright's executable_path (playwright's own download cannot work here)

@@ -1,6 +1,8 @@
-"""Runs the FlowSR extension in a real AUTOMATIC1111 (or Forge): install, start headless, upscale, interrupt.
+"""Runs the FlowSR extension in a real web UI of the A1111 family: install, start headless, upscale, interrupt.
 
     python tests/host/a1111_driver.py --a1111 /path/to/stable-diffusion-webui --python /path/to/its/venv/bin/python
+
+``--host reforge`` for reForge (the flags it needs on the CPU: HOST_FLAGS).
 
 Any Python runs this script (standard library only); ``--python`` is the web UI's own. The driver links this
 repository into ``extensions/`` (unless an entry there already points to it), runs ``install.py`` the way
@@ -17,6 +19,12 @@ A1111's launcher does (twice: the second run must change nothing), starts ``laun
   plain Lanczos resize;
 - ``POST /sdapi/v1/interrupt`` during a many-tile upscale stops it at the network call under way, A1111
   answers with its own resize, and the next request works again;
+- ``POST /sdapi/v1/extra-batch-images`` (Extras' batch, the other postprocessing path) gives each image its
+  target size;
+- bad values of FlowSR settings (BAD_SETTINGS), posted or already in config.json at the start, are refused or
+  reset with one log line each and no traceback, and ``GET /sdapi/v1/options`` still answers;
+- an interrupt during the long upscale of issue 24 stops FlowSR within CANCEL_DELAY_LIMIT_S, and
+  ``/sdapi/v1/progress`` never says 1.0 while network calls remain;
 - the console shows one progress line per upscale.
 
 Results go to ``--out`` (report.json, report.md, the server log, the images). Exit status 0 when all passed.
@@ -179,7 +187,7 @@ class Report:
     def write(self) -> int:
         failed = sum(not c["ok"] for c in self.checks)
         (self.out / "report.json").write_text(json.dumps({"facts": self.facts, "checks": self.checks}, indent=2))
-        lines = ["# FlowSR in AUTOMATIC1111", ""] + [f"- {k}: {v}" for k, v in self.facts.items()] + [""]
+        lines = ["# FlowSR in a web UI of the A1111 family", ""] + [f"- {k}: {v}" for k, v in self.facts.items()] + [""]
         lines += [f"- {'PASS' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in self.checks]
         lines += ["", f"{len(self.checks) - failed} passed, {failed} failed"]
         (self.out / "report.md").write_text("\n".join(lines) + "\n")
@@ -344,14 +352,14 @@ def watch_progress(server: Server, worker: threading.Thread, last_job: str, read
         time.sleep(0.1)
 
 
-def wait_for_log(server: Server, text: str, start: int, timeout: float) -> Optional[float]:
-    """When ``text`` appeared in the server log after offset ``start`` (polled every 20 ms), or None."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if text in server.log_text()[start:]:
-            return time.time()
+def wait_for_stop(server: Server, worker: threading.Thread, log_start: int) -> tuple[float, bool]:
+    """When FlowSR stopped (polled every 20 ms), and whether by the interrupt: its "interrupted" line in the
+    log after offset ``log_start``, else the request's end (an interrupt during the last call has no effect)."""
+    while worker.is_alive():
+        if "FlowSR: interrupted" in server.log_text()[log_start:]:
+            return time.time(), True
         time.sleep(0.02)
-    return None
+    return time.time(), "FlowSR: interrupted" in server.log_text()[log_start:]
 
 
 def check_cancel_delay(report: Report, server: Server, upscaler: str) -> None:
@@ -377,16 +385,17 @@ def check_cancel_delay(report: Report, server: Server, upscaler: str) -> None:
         time.sleep(0.05)  # until the last network call is under way
     server.call("POST", "/sdapi/v1/interrupt")
     interrupted_at = time.time()
-    stopped_at = wait_for_log(server, "FlowSR: interrupted", log_start, 120)
+    calls_at_interrupt = f"{readings[-1][1] + 1} of {readings[-1][2]}" if readings else "(none seen)"
+    stopped_at, by_interrupt = wait_for_stop(server, worker, log_start)
     worker.join()
     watcher.join()
-    answered = time.time() - interrupted_at
-    delay = None if stopped_at is None else stopped_at - interrupted_at
-    report.facts["cancel delay"] = (f"{LONG_UPSCALE_SIZE[0]}x{LONG_UPSCALE_SIZE[1]} x4, automatic tile: FlowSR "
-                                    f"stopped {delay if delay is None else round(delay, 2)} s after the interrupt "
-                                    f"answered, the request {answered:.2f} s after")
+    delay, answered = stopped_at - interrupted_at, time.time() - interrupted_at
+    how = "stopped by the interrupt" if by_interrupt else "ran to the end"
+    report.facts["cancel delay"] = (f"{LONG_UPSCALE_SIZE[0]}x{LONG_UPSCALE_SIZE[1]} x4, automatic tile, interrupted "
+                                    f"during call {calls_at_interrupt}: FlowSR {how} {delay:.2f} s after the "
+                                    f"interrupt answered, the request answered {answered:.2f} s after")
     report.check(f"cancel: FlowSR stops within {CANCEL_DELAY_LIMIT_S} s of POST /sdapi/v1/interrupt",
-                 delay is not None and delay <= CANCEL_DELAY_LIMIT_S, report.facts["cancel delay"])
+                 by_interrupt and delay <= CANCEL_DELAY_LIMIT_S, report.facts["cancel delay"])
     early = [r for r in readings if r[0] >= 1.0 and r[1] < r[2]]
     report.check("cancel: /sdapi/v1/progress never says 1.0 while network calls remain", readings and not early,
                  f"{len(readings)} readings; at 1.0 early: {[(round(p, 3), f'{c}/{n}') for p, c, n in early][:5]}")
