@@ -147,7 +147,7 @@ def register_settings() -> None:
     if saved_by_version_1:
         migrate_version_1_settings()
     reset_unusable_saved_settings()
-    accepted_values.update({key: shared.opts.data[key] for key in [*SETTINGS, SETTINGS_VERSION_KEY]})
+    accepted_values.update({key: getattr(shared.opts, key) for key in [*SETTINGS, SETTINGS_VERSION_KEY]})
     list_in_api_options()
 
 
