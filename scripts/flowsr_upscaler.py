@@ -22,7 +22,7 @@ if EXTENSION_ROOT not in sys.path:
 import flowsr  # noqa: E402
 from flowsr.families import SD21_BASE  # noqa: E402
 from flowsr.options import (AUTOMATIC, COLOR_FIX, DTYPE, SCALE, SCHEDULE, STEPS, TILE_OVERLAP, TILE_SIZE,  # noqa: E402
-                            Option, check_option)
+                            Option, problem)
 from flowsr.weights_file import FLOWSR_LORA, read_weights_file  # noqa: E402
 from modules import devices, paths, shared  # noqa: E402
 from modules.upscaler import Upscaler, UpscalerData  # noqa: E402
@@ -71,46 +71,83 @@ SETTINGS = {
 }
 #: A hidden setting marking settings saved since tile size 0 means "no tiling" (before, 0 was automatic).
 SETTINGS_VERSION_KEY, SETTINGS_VERSION = "flowsr_settings_version", 2
+SETTINGS_VERSION_OPTION = Option("settings_version", int, SETTINGS_VERSION, "Hidden.", minimum=1,
+                                 maximum=SETTINGS_VERSION)
+#: How messages name the values of a setting that holds no flowsr option.
+TYPE_NAMES = {bool: "true or false", str: "text"}
+#: The value each setting holds since it was last set, put back when a new one is refused (an onchange callback
+#: is not told the old value).
+accepted_values: dict[str, Any] = {}
+
+
+def refusal(key: str, value: Any) -> Optional[str]:
+    """Why a FlowSR setting, hidden or not, cannot hold ``value`` (``"must be ..., got ..."``), or None.
+
+    Type and range both: one wrongly typed value makes the host's GET /sdapi/v1/options answer 500 to everyone.
+    """
+    option = SETTINGS_VERSION_OPTION if key == SETTINGS_VERSION_KEY else SETTINGS[key].option
+    if option is not None:
+        return problem(option, option.from_host(value))
+    kind = type(SETTINGS[key].default)
+    return None if isinstance(value, kind) else f"must be {TYPE_NAMES[kind]}, got {value!r}"
+
+
+def setting_label(key: str) -> str:
+    if key == SETTINGS_VERSION_KEY:
+        return f"the hidden setting {key}"
+    return f"Settings > Upscaling > '{SETTINGS[key].label}' ({key})"
 
 
 def setting(key: str) -> Any:
     """A setting's value as flowsr takes it, or its default where the host's options lack it.
 
-    A value flowsr cannot take raises a BadInputError naming the setting: A1111 refuses it when it is set (see
-    :func:`register_settings`), and this catches what comes another way (``override_settings`` of an API request,
-    a hand-edited config.json) before any work.
+    A value flowsr cannot take raises a BadInputError naming the setting: the host refuses it when it is set
+    (see :func:`keep_good_value`), and this catches what comes another way (``override_settings`` of an API
+    request, which skip the callbacks) before any work.
     """
     spec = SETTINGS[key]
     value = getattr(shared.opts, key, spec.default)
-    if spec.option is None:
-        return value
-    value = spec.option.from_host(value)
-    check_option(spec.option, value, f"Settings > Upscaling > '{spec.label}' ({key})")
-    return value
+    wrong = refusal(key, value)
+    if wrong is not None:
+        raise flowsr.BadInputError(f"{setting_label(key)} {wrong}")
+    return spec.option.from_host(value) if spec.option else value
+
+
+def keep_good_value(key: str) -> None:
+    """The ``onchange`` of every FlowSR setting: a refused value leaves one line in the log and the old value.
+
+    ``Options.set`` (web UI, POST /sdapi/v1/options) calls it once the new value is in. Raising would also put
+    the old value back, but the host then prints a traceback for what is a user's mistake.
+    """
+    value = shared.opts.data.get(key)
+    wrong = refusal(key, value)
+    if wrong is None:
+        accepted_values[key] = value
+        return
+    shared.opts.data[key] = accepted_values[key]
+    print(f"FlowSR: {setting_label(key)} {wrong}; it keeps {accepted_values[key]!r}", file=sys.stderr, flush=True)
 
 
 def register_settings() -> None:
     """Add the settings when the script loads, not in an on_ui_settings callback: that one never runs with
-    --nowebui, and then /sdapi/v1/options could not set them.
-
-    A1111's ``Options.set`` (web UI, POST /sdapi/v1/options) calls an option's ``onchange`` once the new value is
-    in; when it raises, A1111 prints the message, puts the old value back and reports the setting unchanged.
-    """
+    --nowebui, and then /sdapi/v1/options could not set them."""
     import gradio as gr
 
     saved_by_version_1 = "flowsr_tile_size" in shared.opts.data and SETTINGS_VERSION_KEY not in shared.opts.data
     options = {}
     for key, spec in SETTINGS.items():
-        refuse_bad_value = functools.partial(setting, key) if spec.option else None
         info = shared.OptionInfo(spec.default, spec.label, getattr(gr, spec.component), spec.component_args,
-                                 onchange=refuse_bad_value)
+                                 onchange=functools.partial(keep_good_value, key))
         options[key] = info.info(spec.info) if spec.info else info
     for key, info in shared.options_section(SETTINGS_SECTION, options).items():
         shared.opts.add_option(key, info)
-    shared.opts.add_option(SETTINGS_VERSION_KEY, shared.OptionInfo(SETTINGS_VERSION, section=(None, "Hidden options")))
+    shared.opts.add_option(SETTINGS_VERSION_KEY, shared.OptionInfo(
+        SETTINGS_VERSION, section=(None, "Hidden options"), onchange=functools.partial(keep_good_value,
+                                                                                        SETTINGS_VERSION_KEY)))
     if saved_by_version_1:
         migrate_version_1_settings()
     reset_unusable_saved_settings()
+    accepted_values.update({key: getattr(shared.opts, key) for key in [*SETTINGS, SETTINGS_VERSION_KEY]})
     list_in_api_options()
 
 
@@ -124,12 +161,13 @@ def migrate_version_1_settings() -> None:
 
 def reset_unusable_saved_settings() -> None:
     """A saved value flowsr cannot take would fail every upscale, and a wrongly typed one GET /sdapi/v1/options."""
-    for key, spec in SETTINGS.items():
-        try:
-            setting(key)
-        except flowsr.BadInputError as error:
-            shared.opts.data[key] = spec.default
-            print(f"FlowSR: {error}; using the default, {spec.default}", file=shared.progress_print_out, flush=True)
+    defaults = {**{key: spec.default for key, spec in SETTINGS.items()}, SETTINGS_VERSION_KEY: SETTINGS_VERSION}
+    for key, default in defaults.items():
+        wrong = refusal(key, shared.opts.data.get(key, default))
+        if wrong is not None:
+            shared.opts.data[key] = default
+            print(f"FlowSR: {setting_label(key)} {wrong}; using the default, {default}",
+                  file=shared.progress_print_out, flush=True)
 
 
 def list_in_api_options() -> None:
@@ -367,4 +405,23 @@ class ConsoleProgress:
             self.bar.close()
 
 
+def load_upscalers_and_flowsr(load_upscalers) -> None:
+    """The host's ``modelloader.load_upscalers``, then FlowSR's entries where it left them out.
+
+    A1111 lists every subclass of ``Upscaler``; reForge lists a fixed set of its own classes, so there FlowSR
+    adds its entries each time the list is built, with the models path A1111 would pass (--flowsr-models-path).
+    """
+    load_upscalers()
+    if not any(entry.scaler.name == "FlowSR" for entry in shared.sd_upscalers):
+        flowsr_upscaler = UpscalerFlowSR(getattr(shared.cmd_opts, "flowsr_models_path", None))
+        shared.sd_upscalers = [*shared.sd_upscalers, *flowsr_upscaler.scalers]
+
+
+def list_in_upscalers() -> None:
+    from modules import modelloader
+
+    modelloader.load_upscalers = functools.partial(load_upscalers_and_flowsr, modelloader.load_upscalers)
+
+
 register_settings()
+list_in_upscalers()

@@ -50,18 +50,27 @@ def _forget_host_modules() -> None:
             del sys.modules[name]
 
 
+def reforge_load_upscalers() -> None:
+    """reForge 3b56b26's ``modelloader.load_upscalers``: a fixed list of its own classes (none here), never the
+    subclasses of ``Upscaler`` as A1111's."""
+    from modules import shared
+
+    shared.sd_upscalers = []
+
+
 @pytest.fixture
 def start_a1111(tmp_path, monkeypatch):
-    """``start_a1111(*argv, saved=None, forge=False)``: an A1111 started with ``argv``, the extension loaded and the
-    upscalers listed. ``saved``: settings config.json held (A1111 loads it before the scripts). ``forge``: load
-    the scripts as Forge does, its built-in ControlNet first, which imports modules.api (and so builds the
-    options model of GET /sdapi/v1/options) before this extension's script runs."""
+    """``start_a1111(*argv, saved=None, forge=False, reforge=False)``: an A1111 started with ``argv``, the extension
+    loaded and the upscalers listed. ``saved``: settings config.json held (A1111 loads it before the scripts).
+    ``forge``: load the scripts as Forge does, its built-in ControlNet first, which imports modules.api (and so
+    builds the options model of GET /sdapi/v1/options) before this extension's script runs. ``reforge``: list
+    the upscalers as reForge does."""
     models = tmp_path / "models"
     models.mkdir()
     monkeypatch.syspath_prepend(str(STANDINS))
     _forget_host_modules()
 
-    def start(*argv: str, saved: Optional[dict] = None, forge: bool = False) -> SimpleNamespace:
+    def start(*argv: str, saved: Optional[dict] = None, forge: bool = False, reforge: bool = False) -> SimpleNamespace:
         from modules import cmd_args, devices, modelloader, paths, paths_internal, shared
 
         for module in (paths_internal, paths, shared):
@@ -73,13 +82,15 @@ def start_a1111(tmp_path, monkeypatch):
         shared.opts.data.update(saved or {})
         if forge:
             importlib.import_module("modules.api.api")
+        if reforge:
+            monkeypatch.setattr(modelloader, "load_upscalers", reforge_load_upscalers)
         with monkeypatch.context() as during_load:  # A1111 puts the extension on sys.path while loading
             during_load.syspath_prepend(str(REPO))
             script = load_file(REPO / "scripts" / "flowsr_upscaler.py", "flowsr_upscaler.py")
         modelloader.load_upscalers()
         api = importlib.import_module("modules.api.api")  # webui.py's create_api(), after the scripts
         return SimpleNamespace(api=api, shared=shared, devices=devices, script=script, models=models, gradio=gradio,
-                               upscalers={u.name: u for u in shared.sd_upscalers})
+                               modelloader=modelloader, upscalers={u.name: u for u in shared.sd_upscalers})
 
     yield start
     _forget_host_modules()

@@ -47,8 +47,13 @@ def record_passes(monkeypatch):
 # ------------------------------------------------------------------------------------------ the list
 
 
-def test_lists_the_public_weights_at_two_scales_and_the_builtin_model(start_a1111):
-    a1111 = start_a1111()
+@pytest.mark.parametrize("reforge", [False, True], ids=["a1111", "reforge"])
+def test_lists_the_public_weights_at_two_scales_and_the_builtin_model(start_a1111, reforge):
+    """Listed once whether the host lists Upscaler's subclasses (A1111) or only its own (reForge), also when the
+    list is built again."""
+    a1111 = start_a1111(reforge=reforge)
+    a1111.modelloader.load_upscalers()
+    assert [u.name for u in a1111.shared.sd_upscalers] == list(a1111.upscalers)
     entries = {name: (u.data_path, u.scale) for name, u in a1111.upscalers.items()}
     assert entries == {"FlowSR 4x": (None, 4), "FlowSR 2x": (None, 2), BUILTIN_ENTRY: (a1111.script.BUILTIN, 4)}
     assert (a1111.models / "FlowSR").is_dir(), "the folder for the weights is created, so users see where they go"
@@ -308,7 +313,8 @@ def test_changed_settings_reach_flowsr(start_a1111, builtin_small, record_passes
 
 def test_each_flowsr_setting_takes_exactly_what_its_option_takes(start_a1111, capsys):
     """Sliders span the option's values (automatic as -1); radio buttons list its choices; anything else set
-    through the host's Options.set is refused."""
+    through the host's Options.set is refused with one line naming the setting, the value and the range (no
+    traceback), and the old value stays."""
     a1111 = start_a1111()
     opts = a1111.shared.opts
     for key, spec in a1111.script.SETTINGS.items():
@@ -320,9 +326,12 @@ def test_each_flowsr_setting_takes_exactly_what_its_option_takes(start_a1111, ca
         for value in good:
             opts.set(key, value)
             assert getattr(opts, key) == value, (key, value)
+        capsys.readouterr()
         for value in bad:
-            assert not opts.set(key, value) and getattr(opts, key) == good[-1], (key, value)
-            assert f"({key}) must be" in capsys.readouterr().err
+            opts.set(key, value)
+            assert getattr(opts, key) == good[-1], (key, value)
+            (line,) = capsys.readouterr().err.splitlines()
+            assert f"({key}) must be" in line and f"got {value!r}"[:-1] in line and line.endswith(f"keeps {good[-1]!r}")
     assert a1111.script.SETTINGS["flowsr_tile_size"].component_args["minimum"] == -1, "-1 is automatic"
     assert opts.set("flowsr_tile_size", 0) and a1111.script.setting("flowsr_tile_size") == 0, "0: no tiling"
 
@@ -339,6 +348,33 @@ def test_a_bad_value_posted_to_the_api_is_refused_naming_the_setting(start_a1111
     assert f"Settings > Upscaling > 'FlowSR steps' (flowsr_steps) {message}" in err
     options = a1111.api.get_options()  # still answers every client
     assert (options["flowsr_steps"], options["flowsr_schedule"]) == (1, "sd3")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("flowsr_keep_loaded", "maybe", "must be true or false, got 'maybe'"),
+    ("flowsr_keep_loaded", 0, "must be true or false, got 0"),
+    ("flowsr_base_model", 21, "must be text, got 21"),
+    ("flowsr_settings_version", "zzz", "must be a whole number, got 'zzz'"),
+    ("flowsr_settings_version", 7, "must be between 1 and 2, got 7"),
+])
+def test_settings_without_a_flowsr_option_are_checked_too(start_a1111, capsys, key, value, message):
+    """The issue's reproduction: these were stored, and GET /sdapi/v1/options then failed for every client."""
+    a1111 = start_a1111()
+    old = getattr(a1111.shared.opts, key)
+    a1111.api.set_config({key: value})
+    assert getattr(a1111.shared.opts, key) == old
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"{key}) {message}; it keeps {old!r}" in line or f"{key} {message}; it keeps {old!r}" in line
+    assert a1111.api.get_options()[key] == old
+
+
+def test_a_good_value_after_a_refused_one_is_kept(start_a1111):
+    a1111 = start_a1111()
+    a1111.api.set_config({"flowsr_keep_loaded": False})
+    a1111.api.set_config({"flowsr_keep_loaded": "maybe"})
+    assert a1111.shared.opts.flowsr_keep_loaded is False
+    a1111.api.set_config({"flowsr_keep_loaded": True})
+    assert a1111.api.get_options()["flowsr_keep_loaded"] is True
 
 
 def test_without_the_check_a_wrongly_typed_value_breaks_get_options_for_everyone(start_a1111):
@@ -396,6 +432,15 @@ def test_an_unusable_saved_value_is_replaced_by_the_default_at_start(start_a1111
     assert "(flowsr_steps) must be a whole number, got 'abc'; using the default, 1" in out
     assert "(flowsr_color_fix) must be one of wavelet, adain, none, got 'auto'" in out
     assert a1111.api.get_options()["flowsr_steps"] == 1
+
+
+def test_saved_values_that_broke_get_options_are_reset_at_start(start_a1111, capsys):
+    a1111 = start_a1111(saved={"flowsr_keep_loaded": "maybe", "flowsr_settings_version": "zzz"})
+    options = a1111.api.get_options()
+    assert (options["flowsr_keep_loaded"], options["flowsr_settings_version"]) == (True, 2)
+    out = capsys.readouterr().out
+    assert "(flowsr_keep_loaded) must be true or false, got 'maybe'; using the default, True" in out
+    assert "flowsr_settings_version must be a whole number, got 'zzz'; using the default, 2" in out
 
 
 # ------------------------------------------------------------------------- device, precision, memory

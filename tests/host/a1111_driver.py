@@ -1,6 +1,8 @@
-"""Runs the FlowSR extension in a real AUTOMATIC1111 (or Forge): install, start headless, upscale, interrupt.
+"""Runs the FlowSR extension in a real web UI of the A1111 family: install, start headless, upscale, interrupt.
 
     python tests/host/a1111_driver.py --a1111 /path/to/stable-diffusion-webui --python /path/to/its/venv/bin/python
+
+``--host reforge`` for reForge (the flags it needs on the CPU: HOST_FLAGS).
 
 Any Python runs this script (standard library only); ``--python`` is the web UI's own. The driver links this
 repository into ``extensions/`` (unless an entry there already points to it), runs ``install.py`` the way
@@ -17,6 +19,12 @@ A1111's launcher does (twice: the second run must change nothing), starts ``laun
   plain Lanczos resize;
 - ``POST /sdapi/v1/interrupt`` during a many-tile upscale stops it at the network call under way, A1111
   answers with its own resize, and the next request works again;
+- ``POST /sdapi/v1/extra-batch-images`` (Extras' batch, the other postprocessing path) gives each image its
+  target size;
+- bad values of FlowSR settings (BAD_SETTINGS), posted or already in config.json at the start, are refused or
+  reset with one log line each and no traceback, and ``GET /sdapi/v1/options`` still answers;
+- an interrupt during the long upscale of issue 24 stops FlowSR within CANCEL_DELAY_LIMIT_S, and
+  ``/sdapi/v1/progress`` never says 1.0 while network calls remain;
 - the console shows one progress line per upscale.
 
 Results go to ``--out`` (report.json, report.md, the server log, the images). Exit status 0 when all passed.
@@ -44,6 +52,19 @@ EXTENSION_FOLDER = "flowsr"
 BUILTIN_ENTRY = "FlowSR tiny (built-in) 4x"
 SERVER_FLAGS = ["--api", "--nowebui", "--skip-prepare-environment", "--skip-torch-cuda-test", "--use-cpu", "all",
                 "--no-download-sd-model", "--skip-load-model-at-start", "--no-half"]
+#: Each host of the family, with the flags it needs beyond SERVER_FLAGS to run headless on the CPU: reForge's
+#: own model management (ldm_patched) asks CUDA for the device at import unless told --always-cpu.
+HOST_FLAGS = {"a1111": [], "reforge": ["--always-cpu"]}
+#: How long FlowSR may take to stop after POST /sdapi/v1/interrupt has answered (issue 24: about a second).
+CANCEL_DELAY_LIMIT_S = 1.0
+#: The issue's long upscale: at x4 on the CPU the automatic tile is the whole image, a few long network calls.
+LONG_UPSCALE_SIZE = (768, 576)
+#: Values that real A1111 1.10.1 stored before they were checked, after which GET /sdapi/v1/options answered 500.
+BAD_SETTINGS = {"flowsr_keep_loaded": "maybe", "flowsr_settings_version": "zzz", "flowsr_steps": 99,
+                "flowsr_tile_size": "big", "flowsr_base_model": 21}
+#: Their defaults, which a bad saved value is reset to.
+DEFAULT_SETTINGS = {"flowsr_keep_loaded": True, "flowsr_settings_version": 2, "flowsr_steps": 1, "flowsr_tile_size": -1,
+                    "flowsr_base_model": ""}
 SCALES = (2, 4, 3)
 
 
@@ -84,11 +105,12 @@ def png_pixels(python: str, data: bytes) -> bytes:
 class Server:
     """An A1111 process of our own on 127.0.0.1 and the API calls the checks need."""
 
-    def __init__(self, a1111: Path, python: str, port: int, log: Path):
+    def __init__(self, a1111: Path, python: str, port: int, log: Path, host: str = "a1111"):
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self.flowsr_upscales = 0  # answered upscales that ran FlowSR (each draws a console bar)
-        command = [python, "launch.py", *SERVER_FLAGS, "--server-name", "127.0.0.1", "--port", str(port)]
+        command = [python, "launch.py", *SERVER_FLAGS, *HOST_FLAGS[host], "--server-name", "127.0.0.1",
+                   "--port", str(port)]
         self.process = subprocess.Popen(command, cwd=a1111, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
 
@@ -129,6 +151,15 @@ class Server:
             self.flowsr_upscales += upscaler.startswith("FlowSR")
         return status, reply, time.time() - started
 
+    def upscale_batch(self, images: list[bytes], scale: float, upscaler: str) -> tuple[int, Any]:
+        status, reply = self.call("POST", "/sdapi/v1/extra-batch-images", {
+            "imageList": [{"data": base64.b64encode(image).decode(), "name": f"{n}.png"} for n, image in
+                          enumerate(images)], "resize_mode": 0, "upscaling_resize": scale, "upscaler_1": upscaler})
+        if status == 200:
+            reply = [base64.b64decode(image) for image in reply["images"]]
+            self.flowsr_upscales += len(images) * upscaler.startswith("FlowSR")
+        return status, reply
+
     def log_text(self) -> str:
         with self.log.open(errors="replace", newline="") as log:  # keeps the console's carriage returns
             return log.read()
@@ -156,7 +187,7 @@ class Report:
     def write(self) -> int:
         failed = sum(not c["ok"] for c in self.checks)
         (self.out / "report.json").write_text(json.dumps({"facts": self.facts, "checks": self.checks}, indent=2))
-        lines = ["# FlowSR in AUTOMATIC1111", ""] + [f"- {k}: {v}" for k, v in self.facts.items()] + [""]
+        lines = ["# FlowSR in a web UI of the A1111 family", ""] + [f"- {k}: {v}" for k, v in self.facts.items()] + [""]
         lines += [f"- {'PASS' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in self.checks]
         lines += ["", f"{len(self.checks) - failed} passed, {failed} failed"]
         (self.out / "report.md").write_text("\n".join(lines) + "\n")
@@ -267,6 +298,109 @@ def check_interrupt(report: Report, server: Server, upscaler: str) -> None:
                  f"{seconds:.1f} s" if status == 200 else reply)
 
 
+def check_batch(report: Report, server: Server, upscaler: str) -> None:
+    """The other postprocessing path: Extras' batch (POST /sdapi/v1/extra-batch-images), two images at x2."""
+    status, reply = server.upscale_batch([test_picture(40, 32), test_picture(24, 24)], 2, upscaler)
+    sizes = [png_size(image) for image in reply] if status == 200 else reply
+    report.check("extra-batch-images x2: each image at the host's target size", sizes == [(80, 64), (48, 48)], sizes)
+
+
+def check_settings_refused(report: Report, server: Server) -> None:
+    """Values no FlowSR setting can hold are refused through the real API: the old value stays, GET still
+    answers, and the log has one line per refused value and no traceback."""
+    _, before = server.call("GET", "/sdapi/v1/options")
+    log_start = len(server.log_text())
+    status, _ = server.call("POST", "/sdapi/v1/options", BAD_SETTINGS)
+    report.check("settings: POST of bad values answers", status == 200, status)
+    status, after = server.call("GET", "/sdapi/v1/options")
+    kept = status == 200 and all(after[key] == before[key] for key in BAD_SETTINGS)
+    report.check("settings: GET /sdapi/v1/options still answers, each bad value refused and the old one kept",
+                 kept, {key: after[key] for key in BAD_SETTINGS} if status == 200 else after)
+    log = server.log_text()[log_start:]
+    lines = [line for line in log.splitlines() if line.startswith("FlowSR:") and "must be" in line]
+    named = all(any(f"{key}" in line and repr(value)[:8] in line for line in lines) for key, value in BAD_SETTINGS.items())
+    report.check("settings: one log line per refused value (setting, value, range), no traceback",
+                 len(lines) == len(BAD_SETTINGS) and named and "Traceback" not in log, lines or log[-2000:])
+
+
+def check_bad_saved_settings(report: Report, server: Server) -> None:
+    """BAD_SETTINGS were written into config.json before the start: reset to the defaults, with a warning."""
+    status, options = server.call("GET", "/sdapi/v1/options")
+    report.check("settings saved bad in config.json: GET /sdapi/v1/options answers", status == 200, status)
+    log = server.log_text()
+    warned = [line for line in log.splitlines() if "using the default" in line and line.startswith("FlowSR:")]
+    reset = status == 200 and {key: options[key] for key in DEFAULT_SETTINGS} == DEFAULT_SETTINGS
+    report.check("settings saved bad in config.json: each reset to its default at start with a warning",
+                 reset and len(warned) == len(BAD_SETTINGS), warned)
+
+
+def spoil_saved_settings(a1111: Path) -> None:
+    """Write BAD_SETTINGS into the web UI's config.json, as a client of an older FlowSR could have stored them."""
+    config = a1111 / "config.json"
+    saved = json.loads(config.read_text()) if config.exists() else {}
+    config.write_text(json.dumps({**saved, **BAD_SETTINGS}, indent=4))
+
+
+def watch_progress(server: Server, worker: threading.Thread, last_job: str, readings: list) -> None:
+    """Record /sdapi/v1/progress (progress, call, calls) of the job after ``last_job`` every 0.1 s while
+    ``worker`` runs."""
+    while worker.is_alive():
+        reply = server.call("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=30)[1]
+        state = reply["state"]
+        if state["job_timestamp"] != last_job:
+            readings.append((reply["progress"], state["sampling_step"], state["sampling_steps"]))
+        time.sleep(0.1)
+
+
+def wait_for_stop(server: Server, worker: threading.Thread, log_start: int) -> tuple[float, bool]:
+    """When FlowSR stopped (polled every 20 ms), and whether by the interrupt: its "interrupted" line in the
+    log after offset ``log_start``, else the request's end (an interrupt during the last call has no effect)."""
+    while worker.is_alive():
+        if "FlowSR: interrupted" in server.log_text()[log_start:]:
+            return time.time(), True
+        time.sleep(0.02)
+    return time.time(), "FlowSR: interrupted" in server.log_text()[log_start:]
+
+
+def check_cancel_delay(report: Report, server: Server, upscaler: str) -> None:
+    """Issue 24: interrupt the issue's long upscale during its last network call and time how long FlowSR
+    takes to stop (its "interrupted" line in the log) and the request to answer; the progress the host shows
+    must never reach 1.0 while calls remain."""
+    server.call("POST", "/sdapi/v1/options", {"flowsr_tile_size": -1})
+    image = test_picture(*LONG_UPSCALE_SIZE)
+    answer: dict = {}
+    readings: list = []
+
+    def request() -> None:
+        answer["status"], answer["image"], answer["seconds"] = server.upscale(image, 4, upscaler)
+
+    last_job = progress_state(server)["job_timestamp"]
+    time.sleep(1.1)  # job timestamps have whole seconds
+    worker = threading.Thread(target=request)
+    watcher = threading.Thread(target=watch_progress, args=(server, worker, last_job, readings))
+    log_start = len(server.log_text())
+    worker.start()
+    watcher.start()
+    while worker.is_alive() and not (readings and readings[-1][2] and readings[-1][1] >= max(1, readings[-1][2] - 1)):
+        time.sleep(0.05)  # until the last network call is under way
+    server.call("POST", "/sdapi/v1/interrupt")
+    interrupted_at = time.time()
+    calls_at_interrupt = f"{readings[-1][1] + 1} of {readings[-1][2]}" if readings else "(none seen)"
+    stopped_at, by_interrupt = wait_for_stop(server, worker, log_start)
+    worker.join()
+    watcher.join()
+    delay, answered = stopped_at - interrupted_at, time.time() - interrupted_at
+    how = "stopped by the interrupt" if by_interrupt else "ran to the end"
+    report.facts["cancel delay"] = (f"{LONG_UPSCALE_SIZE[0]}x{LONG_UPSCALE_SIZE[1]} x4, automatic tile, interrupted "
+                                    f"during call {calls_at_interrupt}: FlowSR {how} {delay:.2f} s after the "
+                                    f"interrupt answered, the request answered {answered:.2f} s after")
+    report.check(f"cancel: FlowSR stops within {CANCEL_DELAY_LIMIT_S} s of POST /sdapi/v1/interrupt",
+                 by_interrupt and delay <= CANCEL_DELAY_LIMIT_S, report.facts["cancel delay"])
+    early = [r for r in readings if r[0] >= 1.0 and r[1] < r[2]]
+    report.check("cancel: /sdapi/v1/progress never says 1.0 while network calls remain", readings and not early,
+                 f"{len(readings)} readings; at 1.0 early: {[(round(p, 3), f'{c}/{n}') for p, c, n in early][:5]}")
+
+
 #: A frame of FlowSR's console bar that ends a line: the bar's last, drawn when it closes.
 CLOSING_FRAME = re.compile(r"FlowSR: +\d+%\|[^|\r\n]*\| *\d+/\d+ \[[^\]\r\n]*\]\n")
 
@@ -290,6 +424,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--python", default=sys.executable, help="the web UI's Python (its venv)")
     parser.add_argument("--out", type=Path, default=Path("a1111-report"))
     parser.add_argument("--port", type=int, default=7861)
+    parser.add_argument("--host", choices=sorted(HOST_FLAGS), default="a1111", help="which web UI of the family")
     parser.add_argument("--upscaler", default=BUILTIN_ENTRY, help="the FlowSR entry to upscale with")
     parser.add_argument("--checkpoint", help="the weights file of --upscaler, for the CLI comparison "
                                              "(none for the built-in model)")
@@ -318,7 +453,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     report.check("install.py again: nothing to do, nothing printed", second.returncode == 0 and not second.stdout,
                  second.stdout[-2000:])
 
-    server = Server(a1111, args.python, args.port, args.out / "a1111.log")
+    spoil_saved_settings(a1111)
+    server = Server(a1111, args.python, args.port, args.out / "a1111.log", args.host)
     try:
         server.wait_ready(args.startup_timeout)
         log = server.log_text()
@@ -330,6 +466,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report.facts["FlowSR upscalers"] = [n for n in names if "FlowSR" in n]
         report.check("GET /sdapi/v1/upscalers lists FlowSR",
                      {"FlowSR 4x", "FlowSR 2x", BUILTIN_ENTRY, args.upscaler} <= set(names), names)
+        check_bad_saved_settings(report, server)
         _, options = server.call("GET", "/sdapi/v1/options")
         flowsr_options = {k: v for k, v in options.items() if k.startswith("flowsr_")}
         report.check("settings exist in API-only mode", len(flowsr_options) >= 5, flowsr_options)
@@ -340,7 +477,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             report.check("missing weights: an error naming models/FlowSR",
                          status != 200 and str(weights_folder) in json.dumps(reply), reply)
         check_scales(report, server, args.python, args.upscaler, args.checkpoint)
+        check_batch(report, server, args.upscaler)
+        check_settings_refused(report, server)
         check_interrupt(report, server, args.upscaler)
+        check_cancel_delay(report, server, args.upscaler)
         check_console(report, server)
     except Exception as error:  # a broken run is a failed check, with the log kept
         report.check("driver ran to the end", False, repr(error))

@@ -1,7 +1,8 @@
 """The real-host check of the A1111 / Forge extension: runs a1111_driver.py against a web UI installation.
 
 Skipped unless FLOWSR_A1111_DIR names a stable-diffusion-webui folder; FLOWSR_A1111_PYTHON names its Python
-(default: the one running pytest). FLOWSR_A1111_UPSCALER and FLOWSR_A1111_CHECKPOINT pick another FlowSR entry
+(default: the one running pytest); FLOWSR_A1111_HOST which web UI of the family it is (a1111, the default, or
+reforge). FLOWSR_A1111_UPSCALER and FLOWSR_A1111_CHECKPOINT pick another FlowSR entry
 than the built-in model (and its weights file, for the comparison with the CLI). A few minutes on a CPU.
 """
 import os
@@ -18,7 +19,8 @@ A1111 = os.environ.get("FLOWSR_A1111_DIR")
 def test_flowsr_upscales_in_real_a1111(tmp_path):
     driver = Path(__file__).with_name("a1111_driver.py")
     command = [sys.executable, str(driver), "--a1111", A1111, "--out", str(tmp_path),
-               "--python", os.environ.get("FLOWSR_A1111_PYTHON", sys.executable)]
+               "--python", os.environ.get("FLOWSR_A1111_PYTHON", sys.executable),
+               "--host", os.environ.get("FLOWSR_A1111_HOST", "a1111")]
     if os.environ.get("FLOWSR_A1111_UPSCALER"):
         command += ["--upscaler", os.environ["FLOWSR_A1111_UPSCALER"]]
     if os.environ.get("FLOWSR_A1111_CHECKPOINT"):
