@@ -103,9 +103,21 @@ def plan_tasks(images: Sequence[Path], output: Path) -> list[Task]:
     if output.suffix.lower() in IMAGE_SUFFIXES:
         raise BadInputError(f"{len(images)} images cannot all be written to the file {output}; give a folder")
     names = [image.stem for image in images]
-    if len(set(names)) != len(names):
-        raise BadInputError("two inputs share a file name; upscale them into different folders")
+    collisions = _collisions(images, names)
+    if collisions:
+        shown = "; ".join(" and ".join(str(path) for path in paths) for paths in collisions[:3])
+        more = f" (and {len(collisions) - 3} more)" if len(collisions) > 3 else ""
+        raise BadInputError(f"{len(collisions)} output name(s) in {output} would be written by more than one "
+                            f"input: {shown}{more}; upscale them into different folders, or rename them")
     return [Task(image, output / f"{name}.png") for image, name in zip(images, names)]
+
+
+def _collisions(images: Sequence[Path], names: Sequence[str]) -> list[list[Path]]:
+    """The inputs that would share an output name, grouped by that name, in input order."""
+    groups: dict[str, list[Path]] = {}
+    for image, name in zip(images, names):
+        groups.setdefault(name, []).append(image)
+    return [paths for paths in groups.values() if len(paths) > 1]
 
 
 def check_destinations(tasks: Sequence[Task], overwrite_inputs: bool, resume: bool = False) -> None:

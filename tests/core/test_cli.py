@@ -215,3 +215,41 @@ def test_a_bomb_alone_is_refused_from_its_header_without_loading_the_model(tmp_p
     error = capsys.readouterr().err
     assert "bomb.png" in error and "1 failed" in error and "Traceback" not in error
     assert not (tmp_path / "out.png").exists()
+
+
+def test_version_names_flowsr_torch_and_diffusers(capsys):
+    from importlib.metadata import version
+
+    import flowsr
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"flowsr {flowsr.__version__} (")
+    assert f"torch {version('torch')}" in printed and f"diffusers {version('diffusers')}" in printed
+
+
+@pytest.mark.parametrize("names", [("a/x.png", "b/x.png"), ("p.png", "p.jpg")])
+def test_inputs_that_would_share_an_output_are_named(tiny_checkpoint, tmp_path, capsys, names):
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    code = main(["upscale", *(str(tmp_path / name) for name in names), "-o", str(tmp_path / "out"),
+                 "--checkpoint", str(tiny_checkpoint)])
+    error = capsys.readouterr().err
+    assert code == 2 and " and ".join(str(tmp_path / name) for name in names) in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_many_collisions_show_the_first_three_and_the_count(tiny_checkpoint, tmp_path, capsys):
+    for folder in "ab":
+        for index in range(5):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / folder / f"{index}.png")
+    code = main(["upscale", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "out"),
+                 "--checkpoint", str(tiny_checkpoint)])
+    error = capsys.readouterr().err
+    assert code == 2 and "5 output name(s)" in error and "(and 2 more)" in error
+    assert f"{tmp_path / 'a' / '2.png'} and {tmp_path / 'b' / '2.png'}" in error
+    assert str(tmp_path / "a" / "3.png") not in error
