@@ -253,3 +253,35 @@ def test_many_collisions_show_the_first_three_and_the_count(tiny_checkpoint, tmp
     assert code == 2 and "5 output name(s)" in error and "(and 2 more)" in error
     assert f"{tmp_path / 'a' / '2.png'} and {tmp_path / 'b' / '2.png'}" in error
     assert str(tmp_path / "a" / "3.png") not in error
+
+
+@pytest.mark.parametrize("planes", [3, 4])
+def test_16_bit_colour_png_gives_16_bit_colour_png_with_its_profile(tiny_checkpoint, tmp_path, planes):
+    import png
+
+    from flowsr.imagefiles import _16_bit_png
+
+    y, x = np.mgrid[0:12, 0:16]
+    pixels = np.stack([x * 4000 + 7, y * 5000 + 3, (x + y) * 2000 + 1, np.full_like(x, 65535)][:planes], -1)
+    profile = b"a stand-in ICC profile"
+    (tmp_path / "deep.png").write_bytes(_16_bit_png(pixels.astype(np.uint16), {"icc_profile": profile}))
+    assert main(["upscale", str(tmp_path / "deep.png"), "-o", str(tmp_path / "out.png"), "--scale", "2",
+                 "--checkpoint", str(tiny_checkpoint)]) == 0
+    width, height, rows, info = png.Reader(filename=str(tmp_path / "out.png")).asDirect()
+    out = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
+    assert (width, height, info["bitdepth"], info["planes"]) == (32, 24, 16, planes)
+    assert np.any(out[..., :3] % 257 != 0)  # not 8-bit values scaled up
+    assert Image.open(tmp_path / "out.png").info["icc_profile"] == profile
+    if planes == 4:
+        assert np.all(out[..., 3] == 65535)
+
+
+def test_16_bit_colour_to_jpeg_is_8_bit(tiny_checkpoint, tmp_path):
+    from flowsr.imagefiles import _16_bit_png
+
+    pixels = np.full((8, 8, 3), 40000, np.uint16)
+    (tmp_path / "deep.png").write_bytes(_16_bit_png(pixels, {}))
+    assert main(["upscale", str(tmp_path / "deep.png"), "-o", str(tmp_path / "out.jpg"), "--scale", "2",
+                 "--checkpoint", str(tiny_checkpoint)]) == 0
+    out = np.asarray(Image.open(tmp_path / "out.jpg"))
+    assert out.dtype == np.uint8 and abs(float(out.mean()) - 40000 / 257) < 3
