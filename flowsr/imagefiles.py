@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInputError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 #: What each output format can carry over from the input.
 _METADATA_BY_FORMAT = {"PNG": ("icc_profile", "exif"), "JPEG": ("icc_profile", "exif"),
                        "WEBP": ("icc_profile", "exif"), "TIFF": ("icc_profile",)}
@@ -50,6 +50,8 @@ class Picture:
     uint16 (H, W, C) array."""
     image: Image.Image | np.ndarray
     metadata: dict
+    #: Frames in the file (an animated GIF, PNG or WebP, a multi-page TIFF): only the first is upscaled.
+    frames: int = 1
 
 
 def _open(path: Path) -> Image.Image:
@@ -88,6 +90,7 @@ def read_picture(path: Path) -> Picture:
     """The decoded image, turned upright, with its ICC profile and EXIF (orientation removed)."""
     image = _open(path)
     sixteen_bit_colour = _is_16_bit_colour(image)  # before load(), which drops the raw mode
+    frames = getattr(image, "n_frames", 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -102,8 +105,8 @@ def read_picture(path: Path) -> Picture:
     metadata = {"icc_profile": image.info.get("icc_profile"), "exif": exif}
     metadata = {key: value for key, value in metadata.items() if value}
     if sixteen_bit_colour:
-        return Picture(_read_16_bit_png(path), metadata)
-    return Picture(image, metadata)
+        return Picture(_read_16_bit_png(path), metadata, frames)
+    return Picture(image, metadata, frames)
 
 
 def _read_16_bit_png(path: Path) -> np.ndarray:

@@ -397,6 +397,9 @@ class Job:
                 self._fail(task, str(picture))
             else:
                 ready.append((task, picture))
+                if picture.frames > 1:
+                    tqdm.write(f"flowsr: {task.source} has {picture.frames} frames; only the first is upscaled "
+                               "(FlowSR upscales still images: split the frames to upscale them all)", file=sys.stderr)
         if not ready:
             return []
         try:

@@ -285,3 +285,23 @@ def test_16_bit_colour_to_jpeg_is_8_bit(tiny_checkpoint, tmp_path):
                  "--checkpoint", str(tiny_checkpoint)]) == 0
     out = np.asarray(Image.open(tmp_path / "out.jpg"))
     assert out.dtype == np.uint8 and abs(float(out.mean()) - 40000 / 257) < 3
+
+
+def test_animations_and_multi_page_files_say_only_the_first_frame_is_upscaled(tiny_checkpoint, tmp_path, capsys):
+    """One rule for files named and files found in a folder: GIFs are images too, and every file of several
+    frames gets a line saying that only its first is upscaled."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frames = [Image.new("RGB", (8, 6), colour) for colour in ((200, 0, 0), (0, 200, 0), (0, 0, 200))]
+    frames[0].save(folder / "moving.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(folder / "apng.png", save_all=True, append_images=frames[1:2])
+    frames[0].save(folder / "pages.tiff", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (8, 6)).save(folder / "still.png")
+    assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), "--scale", "2",
+                 "--checkpoint", str(tiny_checkpoint)]) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["apng.png", "moving.png", "pages.png", "still.png"]
+    assert Image.open(tmp_path / "out" / "moving.png").size == (16, 12)
+    error = capsys.readouterr().err
+    assert "moving.gif has 3 frames; only the first is upscaled" in error
+    assert "pages.tiff has 3 frames" in error and "apng.png has 2 frames" in error and "still.png has" not in error
