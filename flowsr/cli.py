@@ -177,9 +177,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"flowsr: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as stop:
+        from .jobs import Shard
+
         terminated = isinstance(stop, Terminated)
-        print(f"flowsr: {'terminated' if terminated else 'interrupted'}; finished outputs are complete, re-run "
-              "with --resume to continue", file=sys.stderr)
+        if Shard.from_environment().speaks_for_itself:  # a launcher signals every process: one line for the job
+            print(f"flowsr: {'terminated' if terminated else 'interrupted'}; finished outputs are complete, "
+                  "re-run with --resume to continue", file=sys.stderr)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except Exception as error:
         from .devices import is_out_of_memory  # MemoryError included

@@ -189,6 +189,17 @@ class Shard:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def launched(self) -> bool:
+        """Started by torchrun or accelerate launch (which set MASTER_ADDR), not split by RANK and WORLD_SIZE alone:
+        then process 0 speaks for the whole job."""
+        return self.count > 1 and "MASTER_ADDR" in os.environ
+
+    @property
+    def speaks_for_itself(self) -> bool:
+        """Whether this process prints its own summary and interruption: each alone, only process 0 of a launch."""
+        return self.is_main or not self.launched
+
     def take(self, tasks: Sequence[Task]) -> list[Task]:
         """Every ``count``-th task, from this process's rank: the same split on every run."""
         return list(tasks[self.rank::self.count])
@@ -205,7 +216,7 @@ class Shard:
         """Join the launcher's process group (gloo) to gather reports at the end; False when there is none."""
         import torch.distributed as dist
 
-        if self.count == 1 or "MASTER_ADDR" not in os.environ or not dist.is_available():
+        if not self.launched or not dist.is_available():
             return False
         if not dist.is_initialized():
             dist.init_process_group("gloo", rank=self.rank, world_size=self.count, timeout=GATHER_TIMEOUT)

@@ -305,3 +305,24 @@ def test_animations_and_multi_page_files_say_only_the_first_frame_is_upscaled(ti
     error = capsys.readouterr().err
     assert "moving.gif has 3 frames; only the first is upscaled" in error
     assert "pages.tiff has 3 frames" in error and "apng.png has 2 frames" in error and "still.png has" not in error
+
+
+@pytest.mark.parametrize("rank, launcher, speaks", [(0, True, True), (1, True, False), (1, False, True)])
+def test_under_a_launcher_only_process_0_says_interrupted(tmp_path, monkeypatch, capsys, rank, launcher, speaks):
+    """torchrun and accelerate send Ctrl-C to every process: one line for the job, each process exiting 130.
+    Split by RANK and WORLD_SIZE alone (no launcher), each process speaks for itself."""
+    from flowsr import jobs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "plan", interrupted)
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if launcher:
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    else:
+        monkeypatch.delenv("MASTER_ADDR", raising=False)
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out.png")]) == 130
+    assert ("interrupted" in capsys.readouterr().err) == speaks
