@@ -1,7 +1,7 @@
 """``python -m flowsr``: upscale images and folders, or check a weights file.
 
 Exit codes: 0 success, 2 bad input (a file, an option, a checkpoint, any image of the job that failed),
-1 anything else, 130 interrupted (Ctrl-C or SIGTERM). The work itself is in :mod:`flowsr.jobs`.
+1 anything else, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). The work itself is in :mod:`flowsr.jobs`.
 """
 from __future__ import annotations
 
@@ -18,11 +18,44 @@ from .families import SD21_BASE
 from .downloads import CACHE_ENVIRONMENT_VARIABLE, KNOWN_FILES
 from .options import UPSCALE_OPTIONS, add_upscale_options, check_upscale_options, cli_labels
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: 128 + the signal's number, as shells and launchers report a process a signal ended.
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 128 + 2, 128 + 15
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so that it unwinds the same way (partial files removed)."""
+
+
+class _PrintVersion(argparse.Action):
+    """``--version``: flowsr's version and those of the libraries that do the work, read from their installed
+    metadata, so that asking costs no torch import."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print flowsr's version and the torch and diffusers versions it runs with")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    found = []
+    for library in ("torch", "diffusers"):
+        try:
+            found.append(f"{library} {version(library)}")
+        except PackageNotFoundError:
+            found.append(f"{library} not installed")
+    return f"flowsr {__version__} ({', '.join(found)}; Python {sys.version.split()[0]})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowsr", description="One-step image super-resolution (FlowSR).")
+    parser.add_argument("--version", action=_PrintVersion)
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("upscale", help="upscale images or folders of images")
@@ -119,7 +152,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def _interrupt_on_terminate(signal_number, frame) -> None:
     """SIGTERM (what launchers send to stop a job) unwinds like Ctrl-C, so partial files are removed."""
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -143,10 +176,14 @@ def _run(args: argparse.Namespace) -> int:
     except FlowSRError as error:
         print(f"flowsr: {error}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("flowsr: interrupted; finished outputs are complete, re-run with --resume to continue",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:
+        from .jobs import Shard
+
+        terminated = isinstance(stop, Terminated)
+        if Shard.from_environment().speaks_for_itself:  # a launcher signals every process: one line for the job
+            print(f"flowsr: {'terminated' if terminated else 'interrupted'}; finished outputs are complete, "
+                  "re-run with --resume to continue", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except Exception as error:
         from .devices import is_out_of_memory  # MemoryError included
 

@@ -44,11 +44,23 @@ class Batch:
     device: Optional[torch.device] = None  # torch: where the result goes
 
 
-def split_channels(pixels: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor], bool]:
-    """(rgb, alpha, grey) from a (B, C, H, W) tensor with C in 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA)."""
+#: What a wrong channel count most likely means, by the kind of input: its channels on the other side.
+_LAYOUT_HINTS = {
+    "torch": "torch tensors are channels first, CHW or BCHW: pass an HWC tensor as tensor.permute(2, 0, 1) "
+             "(BHWC: tensor.permute(0, 3, 1, 2))",
+    "numpy": "numpy arrays are channels last, HW, HWC or BHWC: pass a CHW array as array.transpose(1, 2, 0) "
+             "(BCHW: array.transpose(0, 2, 3, 1))",
+}
+
+
+def split_channels(pixels: torch.Tensor, kind: str = "") -> tuple[torch.Tensor, Optional[torch.Tensor], bool]:
+    """(rgb, alpha, grey) from a (B, C, H, W) tensor with C in 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA); ``kind``
+    ("torch", "numpy") adds to a wrong count's message how that kind lays out its channels."""
     channels = pixels.shape[1]
     if channels not in (1, 2, 3, 4):
-        raise BadInputError(f"images need 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA) channels, got {channels}")
+        hint = f"; {_LAYOUT_HINTS[kind]}" if kind in _LAYOUT_HINTS else ""
+        raise BadInputError(f"images need 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA) channels, got {channels} "
+                            f"(shape {tuple(pixels.shape)} as BCHW){hint}")
     grey = channels <= 2
     colour = pixels[:, :1].expand(-1, 3, -1, -1) if grey else pixels[:, :3]
     alpha = pixels[:, -1:] if channels in (2, 4) else None
@@ -99,7 +111,7 @@ def _from_numpy(array: np.ndarray) -> Batch:
     pixels = torch.from_numpy(np.ascontiguousarray(batched, dtype=np.float32) / peak).permute(0, 3, 1, 2)
     if np.issubdtype(dtype, np.floating):  # integers are in range by their type
         check_float_range(pixels)
-    rgb, alpha, grey = split_channels(pixels.clamp(0, 1))
+    rgb, alpha, grey = split_channels(pixels.clamp(0, 1), "numpy")
     return Batch(rgb, alpha, grey, "numpy", dtype, peak, array.ndim)
 
 
@@ -121,7 +133,7 @@ def _from_torch(tensor: torch.Tensor) -> Batch:
         raise BadInputError(f"tensors must be float CHW or BCHW in [0, 1], got {tuple(tensor.shape)} {tensor.dtype}")
     pixels = (tensor[None] if tensor.ndim == 3 else tensor).detach().float().cpu()
     check_float_range(pixels)
-    rgb, alpha, grey = split_channels(pixels.clamp(0, 1))
+    rgb, alpha, grey = split_channels(pixels.clamp(0, 1), "torch")
     return Batch(rgb, alpha, grey, "torch", tensor.dtype, 1.0, tensor.ndim, tensor.device)
 
 

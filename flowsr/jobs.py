@@ -103,9 +103,21 @@ def plan_tasks(images: Sequence[Path], output: Path) -> list[Task]:
     if output.suffix.lower() in IMAGE_SUFFIXES:
         raise BadInputError(f"{len(images)} images cannot all be written to the file {output}; give a folder")
     names = [image.stem for image in images]
-    if len(set(names)) != len(names):
-        raise BadInputError("two inputs share a file name; upscale them into different folders")
+    collisions = _collisions(images, names)
+    if collisions:
+        shown = "; ".join(" and ".join(str(path) for path in paths) for paths in collisions[:3])
+        more = f" (and {len(collisions) - 3} more)" if len(collisions) > 3 else ""
+        raise BadInputError(f"{len(collisions)} output name(s) in {output} would be written by more than one "
+                            f"input: {shown}{more}; upscale them into different folders, or rename them")
     return [Task(image, output / f"{name}.png") for image, name in zip(images, names)]
+
+
+def _collisions(images: Sequence[Path], names: Sequence[str]) -> list[list[Path]]:
+    """The inputs that would share an output name, grouped by that name, in input order."""
+    groups: dict[str, list[Path]] = {}
+    for image, name in zip(images, names):
+        groups.setdefault(name, []).append(image)
+    return [paths for paths in groups.values() if len(paths) > 1]
 
 
 def check_destinations(tasks: Sequence[Task], overwrite_inputs: bool, resume: bool = False) -> None:
@@ -177,6 +189,17 @@ class Shard:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def launched(self) -> bool:
+        """Started by torchrun or accelerate launch (which set MASTER_ADDR), not split by RANK and WORLD_SIZE alone:
+        then process 0 speaks for the whole job."""
+        return self.count > 1 and "MASTER_ADDR" in os.environ
+
+    @property
+    def speaks_for_itself(self) -> bool:
+        """Whether this process prints its own summary and interruption: each alone, only process 0 of a launch."""
+        return self.is_main or not self.launched
+
     def take(self, tasks: Sequence[Task]) -> list[Task]:
         """Every ``count``-th task, from this process's rank: the same split on every run."""
         return list(tasks[self.rank::self.count])
@@ -193,7 +216,7 @@ class Shard:
         """Join the launcher's process group (gloo) to gather reports at the end; False when there is none."""
         import torch.distributed as dist
 
-        if self.count == 1 or "MASTER_ADDR" not in os.environ or not dist.is_available():
+        if not self.launched or not dist.is_available():
             return False
         if not dist.is_initialized():
             dist.init_process_group("gloo", rank=self.rank, world_size=self.count, timeout=GATHER_TIMEOUT)
@@ -385,6 +408,9 @@ class Job:
                 self._fail(task, str(picture))
             else:
                 ready.append((task, picture))
+                if picture.frames > 1:
+                    tqdm.write(f"flowsr: {task.source} has {picture.frames} frames; only the first is upscaled "
+                               "(FlowSR upscales still images: split the frames to upscale them all)", file=sys.stderr)
         if not ready:
             return []
         try:

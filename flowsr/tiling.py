@@ -124,6 +124,18 @@ class Tile:
     cols: slice
 
 
+def tile_shape(grid: tuple[int, int], side: int) -> tuple[int, int]:
+    """A tile of ``side`` x ``side`` latent pixels' area, cut to the grid: where the grid is thinner than a tile
+    (a 4000x8 strip), the tile is longer along the other axis, so that thin images take as few calls as their
+    area needs instead of one small tile per ``side`` pixels."""
+    rows, cols = min(side, grid[0]), min(side, grid[1])
+    if rows < side:
+        cols = min(grid[1], side * side // rows)
+    elif cols < side:
+        rows = min(grid[0], side * side // cols)
+    return rows, cols
+
+
 class TilePlan:
     """The tiles of a batch of equal-size images in the order they run, grouped into network calls.
 
@@ -133,10 +145,9 @@ class TilePlan:
 
     def __init__(self, grid: tuple[int, int], images: int, tiling: Tiling, passes: int):
         self.grid, self.tiling, self.passes = grid, tiling, passes
-        side = tiling.side(grid)
-        self.tile_shape = (min(side, grid[0]), min(side, grid[1]))
-        row_starts = tile_starts(grid[0], side, tiling.overlap)
-        col_starts = tile_starts(grid[1], side, tiling.overlap)
+        self.tile_shape = tile_shape(grid, tiling.side(grid))
+        row_starts = tile_starts(grid[0], self.tile_shape[0], tiling.overlap)
+        col_starts = tile_starts(grid[1], self.tile_shape[1], tiling.overlap)
         self.whole = len(row_starts) == len(col_starts) == 1
         self.tiles = [Tile(image, slice(y, y + self.tile_shape[0]), slice(x, x + self.tile_shape[1]))
                       for y in row_starts for image in range(images) for x in col_starts]

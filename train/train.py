@@ -25,12 +25,14 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoints import TrainerState, load_checkpoint, register_trainable_only, resolve_resume, save_checkpoint
+from .checkpoints import TrainerState, list_checkpoints, load_checkpoint, register_trainable_only, resolve_resume, \
+    save_checkpoint
 from .config import ModelConfig, TrainConfig, config_dict, dump_config, load_config
 from .data import SeededSampler, build_dataset, load_validation, to_model_inputs
 from .models import BuiltModel, build_model, cast_frozen, export_model, trainable_parameters
 from .perceptual import load_clip_iqa, load_lpips
 from .stages import FlowForward, Stage1, Stage2, Stage2Parts, build_stage2
+from .stopping import StopRequest, TrainingStopped
 from .tracking import ScalarLog
 from .validation import bicubic_baseline, validate
 
@@ -297,11 +299,12 @@ def run_validation(run: Run) -> None:
     run.accelerator.wait_for_everyone()
 
 
-def write_checkpoint(run: Run) -> None:
+def write_checkpoint(run: Run) -> Path:
     tensors = {"ema": run.parts.ema.state_dict()} if run.parts is not None else {}
     folder = save_checkpoint(run.accelerator, run.output_dir, run.state, run.generator, tensors,
                              keep=run.config.checkpoint.keep, write_files=partial(export_into, run))
     logger.info("checkpoint %s", folder)
+    return folder
 
 
 def export_into(run: Run, folder: Path) -> None:
@@ -350,20 +353,32 @@ def train(config: TrainConfig, base_components=None) -> Path:
     max_steps = config.train.max_steps
     progress = tqdm(total=max_steps, initial=run.state.step, disable=not run.accelerator.is_main_process,
                     desc=f"stage {config.stage}", dynamic_ncols=True)
-    while run.state.step < max_steps:
-        state = run.state
-        run.loader.set_epoch(state.epoch)
-        batches = (run.accelerator.skip_first_batches(run.loader, state.batches_in_epoch)
-                   if state.batches_in_epoch else run.loader)
-        for batch in batches:
-            if train_step(run, batch):
-                after_step(run, progress)
-                if run.state.step >= max_steps:
-                    break
-        else:
-            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+    with StopRequest() as stop:
+        while run.state.step < max_steps:
+            state = run.state
+            run.loader.set_epoch(state.epoch)
+            batches = (run.accelerator.skip_first_batches(run.loader, state.batches_in_epoch)
+                       if state.batches_in_epoch else run.loader)
+            for batch in batches:
+                if train_step(run, batch):
+                    after_step(run, progress)
+                    stop_signal = stop.agreed(run.accelerator)
+                    if stop_signal is not None:
+                        progress.close()
+                        raise TrainingStopped(stop_signal, run.state.step, checkpoint_after_stop(run))
+                    if run.state.step >= max_steps:
+                        break
+            else:
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
     progress.close()
     return finish(run)
+
+
+def checkpoint_after_stop(run: Run) -> Path:
+    """The checkpoint of the step just finished: written now, unless the periodic one just was."""
+    if every(run.state.step, run.config.checkpoint.every):
+        return list_checkpoints(run.output_dir)[-1]
+    return write_checkpoint(run)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -385,7 +400,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import yaml
         print(yaml.safe_dump(config_dict(config), sort_keys=False))
         return 0
-    train(config)
+    try:
+        train(config)
+    except TrainingStopped as stopped:
+        print(f"train: {stopped}", file=sys.stderr)
+        return stopped.exit_code
+    except KeyboardInterrupt:
+        print("train: stopped at once; the checkpoints written so far are whole: continue with the same command "
+              "and --resume latest", file=sys.stderr)
+        return 130
     return 0
 
 

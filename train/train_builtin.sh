@@ -21,8 +21,16 @@ shipped_model 1a607ce runs/builtin_v4.safetensors   # version 4
 shipped_model 02b4449 runs/builtin_v5.safetensors   # version 5
 # All cores by default. Version 6's run took 63 + 4 minutes beside a second such run, one thread each. On a
 # CPU shared with other work set OMP_NUM_THREADS=1: there two threads wait on each other (3-4x slower, measured).
-python -m train.train --config train/configs/tiny_stage1.yaml "$@"
-python -m train.train --config train/configs/tiny_stage2.yaml "$@"
+# Run again after a Ctrl-C, a SIGTERM or a crash, and it continues: a finished stage (its export is written
+# whole, last) is not run again, an unfinished one resumes from its newest checkpoint (a signal writes one).
+train_stage() {  # CONFIG OUTPUT_DIR ARGS...
+    local config=$1 output=$2
+    shift 2
+    [ -f "$output/flowsr.safetensors" ] && { echo "$config: done ($output/flowsr.safetensors)"; return; }
+    python -m train.train --config "$config" --resume latest "$@"
+}
+train_stage train/configs/tiny_stage1.yaml runs/tiny_stage1 "$@"
+train_stage train/configs/tiny_stage2.yaml runs/tiny_stage2 "$@"
 mkdir -p flowsr/weights
 python -m train.average_weights runs/builtin_v4.safetensors runs/tiny_stage2/flowsr.safetensors \
     --weights 0.5 0.5 --out flowsr/weights/flowsr_tiny.safetensors

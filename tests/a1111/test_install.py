@@ -57,7 +57,7 @@ def test_requirements_file_is_one_package_a_line_without_torch_and_matches_pypro
 
 
 def test_nothing_to_do_in_a_complete_environment(install, monkeypatch):
-    environment(install, monkeypatch, {**A1111_ENV, "diffusers": "0.31.0", "peft": "0.13.2"})
+    environment(install, monkeypatch, {**A1111_ENV, "diffusers": "0.31.0", "peft": "0.13.2", "pypng": "0.20220715.0"})
     missing, notes = install.plan(install.read_requirements(), lambda name: install.installed_version(name) is not None)
     assert (missing, notes) == ([], [])
 
@@ -65,7 +65,7 @@ def test_nothing_to_do_in_a_complete_environment(install, monkeypatch):
 def test_installs_only_what_is_missing(install, monkeypatch):
     environment(install, monkeypatch, A1111_ENV)
     missing, notes = install.plan(install.read_requirements(), lambda name: install.installed_version(name) is not None)
-    assert [r.name for r in missing] == ["diffusers", "peft"] and notes == []
+    assert [r.name for r in missing] == ["diffusers", "peft", "pypng"] and notes == []
 
 
 def test_host_owned_packages_are_never_installed(install, monkeypatch):
@@ -77,7 +77,7 @@ def test_host_owned_packages_are_never_installed(install, monkeypatch):
 
 def test_too_old_packages_are_reported_not_upgraded(install, monkeypatch):
     """Forge pinned diffusers 0.25.0: FlowSR says so and what would update it, and changes nothing."""
-    environment(install, monkeypatch, {**A1111_ENV, "diffusers": "0.25.0", "peft": "0.13.2"})
+    environment(install, monkeypatch, {**A1111_ENV, "diffusers": "0.25.0", "peft": "0.13.2", "pypng": "0.20220715.0"})
     missing, notes = install.plan(install.read_requirements(), lambda name: install.installed_version(name) is not None)
     assert missing == []
     (note,) = notes
@@ -97,13 +97,14 @@ def test_a1111_installs_its_known_good_releases_through_launch_run_pip(install, 
     monkeypatch.setitem(sys.modules, "launch", launch)
     assert install.main() == 0
     ((command, pins),) = constraints
-    assert command.startswith('install "diffusers==0.31.0" "peft==0.13.2" -c "')
+    assert command.startswith('install "diffusers==0.31.0" "peft==0.13.2" "pypng" -c "')
     assert {"torch==2.1.2", "transformers==4.30.2", "accelerate==0.21.0", "safetensors==0.4.2"} <= set(pins)
     assert capsys.readouterr().out == ""
 
 
 def test_elsewhere_pip_adds_the_missing_packages_without_changing_installed_ones(install, monkeypatch):
-    environment(install, monkeypatch, {**A1111_ENV, "transformers": "4.57.1", "peft": "0.17.0"})
+    environment(install, monkeypatch, {**A1111_ENV, "transformers": "4.57.1", "peft": "0.17.0",
+                                       "pypng": "0.20220715.0"})
     monkeypatch.setitem(sys.modules, "launch", None)  # `import launch` fails: not A1111
     runs = []
 
@@ -119,7 +120,7 @@ def test_elsewhere_pip_adds_the_missing_packages_without_changing_installed_ones
 
 
 def test_no_pip_when_nothing_is_missing(install, monkeypatch, capsys):
-    environment(install, monkeypatch, {**A1111_ENV, "diffusers": "0.31.0", "peft": "0.13.2"})
+    environment(install, monkeypatch, {**A1111_ENV, "diffusers": "0.31.0", "peft": "0.13.2", "pypng": "0.20220715.0"})
     monkeypatch.setitem(sys.modules, "launch", None)
     monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: pytest.fail("pip ran"))
     assert install.main() == 0

@@ -215,3 +215,114 @@ def test_a_bomb_alone_is_refused_from_its_header_without_loading_the_model(tmp_p
     error = capsys.readouterr().err
     assert "bomb.png" in error and "1 failed" in error and "Traceback" not in error
     assert not (tmp_path / "out.png").exists()
+
+
+def test_version_names_flowsr_torch_and_diffusers(capsys):
+    from importlib.metadata import version
+
+    import flowsr
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"flowsr {flowsr.__version__} (")
+    assert f"torch {version('torch')}" in printed and f"diffusers {version('diffusers')}" in printed
+
+
+@pytest.mark.parametrize("names", [("a/x.png", "b/x.png"), ("p.png", "p.jpg")])
+def test_inputs_that_would_share_an_output_are_named(tiny_checkpoint, tmp_path, capsys, names):
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    code = main(["upscale", *(str(tmp_path / name) for name in names), "-o", str(tmp_path / "out"),
+                 "--checkpoint", str(tiny_checkpoint)])
+    error = capsys.readouterr().err
+    assert code == 2 and " and ".join(str(tmp_path / name) for name in names) in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_many_collisions_show_the_first_three_and_the_count(tiny_checkpoint, tmp_path, capsys):
+    for folder in "ab":
+        for index in range(5):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / folder / f"{index}.png")
+    code = main(["upscale", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "out"),
+                 "--checkpoint", str(tiny_checkpoint)])
+    error = capsys.readouterr().err
+    assert code == 2 and "5 output name(s)" in error and "(and 2 more)" in error
+    assert f"{tmp_path / 'a' / '2.png'} and {tmp_path / 'b' / '2.png'}" in error
+    assert str(tmp_path / "a" / "3.png") not in error
+
+
+@pytest.mark.parametrize("planes", [3, 4])
+def test_16_bit_colour_png_gives_16_bit_colour_png_with_its_profile(tiny_checkpoint, tmp_path, planes):
+    import png
+
+    from flowsr.imagefiles import _16_bit_png
+
+    y, x = np.mgrid[0:12, 0:16]
+    pixels = np.stack([x * 4000 + 7, y * 5000 + 3, (x + y) * 2000 + 1, np.full_like(x, 65535)][:planes], -1)
+    profile = b"a stand-in ICC profile"
+    (tmp_path / "deep.png").write_bytes(_16_bit_png(pixels.astype(np.uint16), {"icc_profile": profile}))
+    assert main(["upscale", str(tmp_path / "deep.png"), "-o", str(tmp_path / "out.png"), "--scale", "2",
+                 "--checkpoint", str(tiny_checkpoint)]) == 0
+    width, height, rows, info = png.Reader(filename=str(tmp_path / "out.png")).asDirect()
+    out = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
+    assert (width, height, info["bitdepth"], info["planes"]) == (32, 24, 16, planes)
+    assert np.any(out[..., :3] % 257 != 0)  # not 8-bit values scaled up
+    assert Image.open(tmp_path / "out.png").info["icc_profile"] == profile
+    if planes == 4:
+        assert np.all(out[..., 3] == 65535)
+
+
+def test_16_bit_colour_to_jpeg_is_8_bit(tiny_checkpoint, tmp_path):
+    from flowsr.imagefiles import _16_bit_png
+
+    pixels = np.full((8, 8, 3), 40000, np.uint16)
+    (tmp_path / "deep.png").write_bytes(_16_bit_png(pixels, {}))
+    assert main(["upscale", str(tmp_path / "deep.png"), "-o", str(tmp_path / "out.jpg"), "--scale", "2",
+                 "--checkpoint", str(tiny_checkpoint)]) == 0
+    out = np.asarray(Image.open(tmp_path / "out.jpg"))
+    assert out.dtype == np.uint8 and abs(float(out.mean()) - 40000 / 257) < 3
+
+
+def test_animations_and_multi_page_files_say_only_the_first_frame_is_upscaled(tiny_checkpoint, tmp_path, capsys):
+    """One rule for files named and files found in a folder: GIFs are images too, and every file of several
+    frames gets a line saying that only its first is upscaled."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frames = [Image.new("RGB", (8, 6), colour) for colour in ((200, 0, 0), (0, 200, 0), (0, 0, 200))]
+    frames[0].save(folder / "moving.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(folder / "apng.png", save_all=True, append_images=frames[1:2])
+    frames[0].save(folder / "pages.tiff", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (8, 6)).save(folder / "still.png")
+    assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), "--scale", "2",
+                 "--checkpoint", str(tiny_checkpoint)]) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["apng.png", "moving.png", "pages.png", "still.png"]
+    assert Image.open(tmp_path / "out" / "moving.png").size == (16, 12)
+    error = capsys.readouterr().err
+    assert "moving.gif has 3 frames; only the first is upscaled" in error
+    assert "pages.tiff has 3 frames" in error and "apng.png has 2 frames" in error and "still.png has" not in error
+
+
+@pytest.mark.parametrize("rank, launcher, speaks", [(0, True, True), (1, True, False), (1, False, True)])
+def test_under_a_launcher_only_process_0_says_interrupted(tmp_path, monkeypatch, capsys, rank, launcher, speaks):
+    """torchrun and accelerate send Ctrl-C to every process: one line for the job, each process exiting 130.
+    Split by RANK and WORLD_SIZE alone (no launcher), each process speaks for itself."""
+    from flowsr import jobs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "plan", interrupted)
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if launcher:
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    else:
+        monkeypatch.delenv("MASTER_ADDR", raising=False)
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out.png")]) == 130
+    assert ("interrupted" in capsys.readouterr().err) == speaks

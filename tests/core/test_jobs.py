@@ -290,3 +290,27 @@ def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
     assert finished == sorted(p.name for p in (tmp_path / "single").iterdir())
     for name in finished:
         np.testing.assert_array_equal(pixels(out / name), pixels(tmp_path / "single" / name))
+
+
+def test_sigterm_during_a_folder_job_exits_143_and_leaves_only_whole_files(tiny_checkpoint, tmp_path, monkeypatch,
+                                                                          capsys):
+    """A real SIGTERM to this process mid-job: 128 + 15, as shells and launchers expect, and nothing half-written."""
+    write_images(tmp_path / "in", [(8, 8)] * 3)
+    real_fsync, calls = os.fsync, []
+
+    def terminate_at_the_second(descriptor):
+        calls.append(descriptor)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", terminate_at_the_second)
+    out = tmp_path / "out"
+    code = main(["upscale", str(tmp_path / "in"), "-o", str(out), "--checkpoint", str(tiny_checkpoint),
+                 "--batch-size", "1"])
+    error = capsys.readouterr().err
+    assert code == 143 and "terminated" in error and "--resume" in error and "Traceback" not in error
+    assert not [p for p in out.iterdir() if p.name.endswith(TEMPORARY_SUFFIX)]
+    for path in out.iterdir():
+        assert pixels(path).shape == (32, 32, 3)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() put the previous handler back

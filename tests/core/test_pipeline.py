@@ -287,6 +287,13 @@ def test_bad_options_are_named(tiny_pipeline, image, options, message):
         tiny_pipeline.upscale_tensor(image, **options)
 
 
+def test_a_channels_last_tensor_or_channels_first_array_is_told_the_layout(tiny_pipeline):
+    with pytest.raises(BadInputError, match=r"got 48 .*CHW or BCHW.*tensor.permute\(2, 0, 1\)"):
+        tiny_pipeline.upscale(torch.rand(48, 32, 3))
+    with pytest.raises(BadInputError, match=r"got 8 .*HWC or BHWC.*array.transpose\(1, 2, 0\)"):
+        tiny_pipeline.upscale(np.random.rand(3, 16, 8).astype(np.float32))
+
+
 def test_bad_shapes_and_kinds(tiny_pipeline):
     with pytest.raises(BadInputError, match="channels"):
         tiny_pipeline.upscale(torch.rand(5, 8, 8))

@@ -56,11 +56,22 @@ def test_a_single_tile_comes_back_exactly():
 
 
 def test_weights_bump_only_along_the_axes_where_tiles_overlap():
-    rows_tiled = TilePlan((40, 8), 1, Tiling(16, 4), passes=1).weights(2)  # tiles overlap along the rows only
-    assert torch.equal(rows_tiled, gaussian_bump(32)[:, None].expand(32, 16))
-    cols_tiled = TilePlan((8, 40), 1, Tiling(16, 4), passes=1).weights(2)
+    rows_plan = TilePlan((80, 8), 1, Tiling(16, 4), passes=1)  # tiles overlap along the rows only
+    assert rows_plan.tile_shape == (32, 8)  # a 16x16 tile's area on a grid 8 wide
+    rows_tiled = rows_plan.weights(2)
+    assert torch.equal(rows_tiled, gaussian_bump(64)[:, None].expand(64, 16))
+    cols_tiled = TilePlan((8, 80), 1, Tiling(16, 4), passes=1).weights(2)
     assert torch.equal(cols_tiled, rows_tiled.T)
     assert torch.equal(TilePlan((8, 8), 1, Tiling(16, 4), passes=1).weights(), torch.ones(8, 8))
+
+
+def test_a_thin_grid_takes_tiles_of_the_same_area_not_more_calls():
+    plan = TilePlan((8, 4000), 1, Tiling(128, 16), passes=1)
+    assert plan.tile_shape == (8, 2048) and len(plan.groups) == 2  # a 128x128 tile's area; square tiles: 36
+    x = torch.randn(1, 2, 8, 4000)
+    assert torch.allclose(blend(plan, torch.sin, x), x.sin(), atol=1e-5)
+    assert TilePlan((4000, 8), 1, Tiling(128, 16), passes=1).tile_shape == (2048, 8)
+    assert TilePlan((300, 200), 1, Tiling(128, 16), passes=1).tile_shape == (128, 128)
 
 
 def test_plan_length_counts_every_network_call():

@@ -1,6 +1,8 @@
 """End-to-end runs of the trainer on a very small model: stage 1 learns, stage 2 runs in every ablation,
 resume is exact, checkpoints are atomic."""
+import os
 import shutil
+import signal
 
 import pytest
 import torch
@@ -111,3 +113,35 @@ def test_validation_logs_metrics_and_images(small_run, validation_photos, tmp_pa
     assert {"val/bicubic/PSNR-Y", "val/1step/PSNR-Y", "val/2step/SSIM-Y"} <= logged
     images = sorted(p.name for p in (output.parent / "validation" / "step_00000002").iterdir())
     assert images == ["val0_1step.png", "val0_2step.png"]
+
+
+@pytest.mark.parametrize("number, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_writes_a_checkpoint_and_the_resumed_run_is_the_straight_one(
+        small_run, tmp_path, monkeypatch, capsys, number, code):
+    """A real signal mid-run: the step under way finishes, a checkpoint of it is written, one line says how to
+    continue, exit 128 + the signal; --resume latest then ends where a run without the signal ends, bit for bit."""
+    from train import train as trainer
+
+    extra = {"train.max_steps": 4, "checkpoint.every": 0, "train.lr_schedule": "cosine"}
+    real_after_step = trainer.after_step
+
+    def signal_after_step_2(run_state, progress):
+        real_after_step(run_state, progress)
+        if run_state.state.step == 2:
+            os.kill(os.getpid(), number)
+
+    monkeypatch.setattr(trainer, "after_step", signal_after_step_2)
+    argv = [item for override in small_run(tmp_path / "stopped", **extra) for item in ("--set", override)]
+    assert trainer.main(argv) == code
+    error = capsys.readouterr().err
+    assert "--resume latest" in error and "Traceback" not in error
+    assert [p.name for p in list_checkpoints(tmp_path / "stopped")] == ["step_00000002"]
+    assert not list((tmp_path / "stopped" / "checkpoints").glob("*.tmp"))
+    assert signal.getsignal(number) is not None and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    monkeypatch.setattr(trainer, "after_step", real_after_step)
+    assert trainer.main(argv + ["--resume", "latest"]) == 0
+    straight = run(small_run(tmp_path / "straight", **extra)).parent
+    a = _weights(straight / "checkpoints" / "step_00000004")["model"]
+    b = _weights(tmp_path / "stopped" / "checkpoints" / "step_00000004")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
