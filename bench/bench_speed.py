@@ -1,0 +1,325 @@
+"""Every speed lever side by side in one run, as ratios to today's main path (issue 25; README, "Speed").
+
+    python bench/bench_speed.py --model builtin --inputs 256 --dtypes fp32 bf16 --repeat 3          # CPU
+    python bench/bench_speed.py --model sd-random --inputs 128 256 --dtypes fp32 bf16 --repeat 1    # CPU, ~1 h
+    python bench/bench_speed.py --gpu-table --budget 480                                          # gpu_session.sh
+
+Levers (CPU table): ``baseline`` is what the CLI does today (the LoRA merged into the weights, contiguous
+memory, eager); ``unmerged LoRA`` keeps peft's adapter layers (the public rank 4 on the usual SD targets, rank 16
+on the VAE encoder's); ``channels-last`` (:func:`flowsr.speed.use_channels_last`); ``compiled``
+(:func:`flowsr.speed.compile_network`); ``all`` is compiled and channels-last. ``sd-random`` is SD 2.1-base at
+full width with random weights (speed does not depend on values). Each configuration runs in a fresh process
+(its own peak RSS) with an empty inductor cache of this run, so ``first`` is the cold cost of a first call,
+compilation included; ``seconds`` is the best of ``--repeat`` calls after it. Tiles: none (``--tile-size``).
+
+``--gpu-table`` (CUDA, one process, peak = max allocated): 512 -> 2048 and 1024 -> 8192 with 64-latent tiles (what
+automatic tiling gives an 8 GB card), eager and compiled, bf16 and fp16, 1-4 tiles per call, channels-last off and
+on, against the one-tile-at-a-time fp32 baseline; then 1024 -> 8192 at the same tiles (the rows that fit in
+``--budget`` seconds), its peak against 512 -> 2048's; then the attention kernels. ``--sdpa`` alone: each
+scaled-dot-product-attention backend this device has, at the SD 2.1 UNet's attention shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LEVERS = {  # name: (LoRA merged, channels-last, compiled)
+    "baseline": (True, False, False),
+    "unmerged LoRA": (False, False, False),
+    "channels-last": (True, True, False),
+    "compiled": (True, False, True),
+    "all": (True, True, True),
+}
+#: The public checkpoint's LoRA (docs/FORMAT.md): rank 4 on the UNet, 16 on the VAE encoder's listed layers.
+UNET_LORA = (4, ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                 "conv1", "conv2"])
+VAE_LORA = (16, ["encoder.conv_in", "encoder.down_blocks.0.resnets.0.conv1", "encoder.down_blocks.1.resnets.0.conv2",
+                 "encoder.mid_block.attentions.0.to_v"])
+GPU_TILE = 64
+
+
+def build_model(name: str, device: torch.device, merged: bool):
+    """The network, in fp32 on ``device``; ``merged=False`` adds the public LoRA's adapters, unmerged."""
+    from flowsr.lora import UNET_ADAPTER, VAE_ADAPTER, add_lora
+
+    if name == "builtin":
+        from flowsr.models.tiny import load_builtin
+        return load_builtin().to(device)
+    from flowsr.models.sd import SDFlowSRModel
+    with device:
+        model = SDFlowSRModel.from_configs()
+    if not merged:
+        add_lora(model.unet, *UNET_LORA, UNET_ADAPTER)
+        add_lora(model.vae, *VAE_LORA, VAE_ADAPTER)
+    return model.to(device)
+
+
+def prepare(model, dtype: torch.dtype, channels_last: bool, compiled: bool):
+    """Cast, set the memory format, compile; returns the compiled regions (None: eager)."""
+    from flowsr.speed import compile_network, use_channels_last
+
+    use_channels_last(model.to(dtype), channels_last)
+    return compile_network(model) if compiled else None
+
+
+def timed(pipe, image: torch.Tensor, options: dict) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = pipe.upscale_tensor(image, **options)
+    if image.device.type == "cuda" or pipe.model.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+def unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
+
+
+# --------------------------------------------------------------------------------------------- the CPU table
+
+def one(config: dict) -> dict:
+    """One configuration in this process: first call, best of the rest, peak RSS."""
+    from flowsr import FlowSRPipeline
+    from flowsr.devices import DTYPES
+
+    merged, channels_last, compiled = LEVERS[config["lever"]]
+    torch.manual_seed(0)
+    model = build_model(config["model"], torch.device("cpu"), merged)
+    regions = prepare(model, DTYPES[config["dtype"]], channels_last, compiled)
+    pipe = FlowSRPipeline(model)
+    image = torch.rand(1, 3, config["input"], config["input"])
+    options = dict(scale=config["scale"], tile_size=config["tile_size"])
+    first, _ = timed(pipe, image, options)
+    times = [timed(pipe, image, options)[0] for _ in range(config["repeat"])]
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
+    return {"first": first, "seconds": min(times), "peak_mib": peak, "graphs": unique_graphs(),
+            "regions": len(regions) if regions else 0}
+
+
+def in_subprocess(config: dict, cache: str) -> dict:
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, __file__, "--one", json.dumps(config)], capture_output=True, text=True,
+                         env=env)
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines()
+        return {"error": lines[-1][:200] if lines else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def row(name: str, result: dict, baseline: dict | None) -> str:
+    if "error" in result:
+        return f"| {name} | failed: {result['error']} | | | | |"
+    time_ratio = memory_ratio = ""
+    if baseline and "error" not in baseline:
+        time_ratio = f"x{baseline['seconds'] / result['seconds']:.2f}"
+        memory_ratio = f"x{result['peak_mib'] / baseline['peak_mib']:.2f}"
+    return (f"| {name} | {result['seconds']:.2f} | {time_ratio} | {result['first']:.1f} | "
+            f"{result['peak_mib'] / 1024:.2f} | {memory_ratio} |")
+
+
+def cpu_table(args: argparse.Namespace) -> None:
+    cache = tempfile.mkdtemp(prefix="flowsr-inductor-")
+    levers = [lever for lever in LEVERS if args.model != "builtin" or lever != "unmerged LoRA"]
+    print(f"FlowSR speed levers on the CPU ({os.cpu_count()} cores, torch {torch.__version__}), model "
+          f"{args.model}, untiled, each in a fresh process with a cold inductor cache; speed-up = baseline "
+          f"seconds / seconds, best of {args.repeat} after the first call", flush=True)
+    for size in args.inputs:
+        for dtype in args.dtypes:
+            print(f"\n{size} -> {size * 4}, {dtype}\n\n| lever | seconds | speed-up | first call s | "
+                  f"peak RSS GiB | memory |\n|---|---|---|---|---|---|", flush=True)
+            baseline = None
+            for lever in levers:
+                config = dict(model=args.model, lever=lever, dtype=dtype, input=size, scale=4, tile_size=0,
+                              repeat=args.repeat)
+                result = in_subprocess(config, cache)
+                baseline = baseline or result
+                print(row(lever, result, baseline), flush=True)
+    print(f"\nfirst call of 'compiled' with the inductor cache of this run warm (a second process):", flush=True)
+    config = dict(model=args.model, lever="compiled", dtype=args.dtypes[0], input=args.inputs[0], scale=4,
+                  tile_size=0, repeat=1)
+    warm = in_subprocess(config, cache)
+    print(row(f"compiled, {args.inputs[0]} px, {args.dtypes[0]}, warm cache", warm, None), flush=True)
+
+
+# --------------------------------------------------------------------------------------------- the GPU table
+
+class GpuTable:
+    """Every configuration in one process; stops starting new ones once ``budget`` seconds have passed."""
+
+    def __init__(self, model: str, budget: float):
+        from flowsr import FlowSRPipeline
+
+        self.start, self.budget = time.perf_counter(), budget
+        self.pipe = FlowSRPipeline(build_model(model, torch.device("cuda"), merged=True))
+        self.regions, self.prepared, self.results, self.outputs = None, None, {}, {}
+
+    def set_up(self, dtype: str, channels_last: bool, compiled: bool) -> None:
+        from flowsr.devices import DTYPES
+
+        if self.prepared == (dtype, channels_last, compiled):
+            return
+        if self.regions is not None:
+            self.regions.remove()
+            torch._dynamo.reset()  # a clean cache per compiled setting: recompile counts stay per setting
+        self.regions = prepare(self.pipe.model, DTYPES[dtype], channels_last, compiled)
+        self.prepared = (dtype, channels_last, compiled)
+
+    def measure(self, key: tuple, warmup: bool = True) -> dict:
+        """``key``: (input side, scale, dtype, channels-last, compiled, tiles per call)."""
+        side, scale, dtype, channels_last, compiled, batch = key
+        if time.perf_counter() - self.start > self.budget:
+            return {"error": "skipped: the session's time budget was spent"}
+        self.set_up(dtype, channels_last, compiled)
+        image = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).cuda()
+        options = dict(scale=scale, tile_size=GPU_TILE, tile_batch=batch)
+        try:
+            first = timed(self.pipe, image, options)[0] if warmup else float("nan")
+            torch.cuda.reset_peak_memory_stats()
+            seconds, out = timed(self.pipe, image, options)
+        except Exception as error:  # an out-of-memory configuration is a result, not the end of the session
+            torch.cuda.empty_cache()
+            return {"error": f"{type(error).__name__}: {error}".splitlines()[0][:160]}
+        if side == 512 and batch == 1:
+            self.outputs[key] = out.cpu()
+        result = {"first": first, "seconds": seconds, "peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20}
+        self.results[key] = result
+        return result
+
+
+def gpu_row(key: tuple, result: dict, baseline: dict) -> str:
+    side, scale, dtype, channels_last, compiled, batch = key
+    name = (f"| {side} -> {round(side * scale)} | {dtype} | {'compiled' if compiled else 'eager'} | {batch} | "
+            f"{'on' if channels_last else 'off'} |")
+    if "error" in result:
+        return f"{name} {result['error']} | | | |"
+    ratio = f"x{baseline['seconds'] / result['seconds']:.2f}" if "seconds" in baseline else ""
+    return (f"{name} {result['seconds']:.3f} | {ratio} | {result['peak_mib'] / 1024:.2f} | "
+            f"{result['first']:.1f} |")
+
+
+def gpu_table(args: argparse.Namespace) -> None:
+    table = GpuTable(args.model, args.budget)
+    print(f"FlowSR on {torch.cuda.get_device_name()}, torch {torch.__version__}, model {args.model}, tiles of "
+          f"{GPU_TILE} latent pixels (overlap automatic); speed-up against the fp32 eager one-tile-at-a-time "
+          f"baseline of this run; peak = max allocated; first = the call before, compile included\n", flush=True)
+    print("| size | dtype | mode | tiles per call | channels-last | seconds | speed-up | peak GiB | first s |\n"
+          "|---|---|---|---|---|---|---|---|---|", flush=True)
+    baseline_key = (512, 4.0, "fp32", False, False, 1)
+    baseline = table.measure(baseline_key)
+    print(gpu_row(baseline_key, baseline, baseline), flush=True)
+    for compiled in (False, True):
+        for dtype in ("bf16", "fp16"):
+            for channels_last in (False, True):
+                for batch in (1, 2, 3, 4):
+                    key = (512, 4.0, dtype, channels_last, compiled, batch)
+                    print(gpu_row(key, table.measure(key), baseline), flush=True)
+    measured = {k: r for k, r in table.results.items() if k != baseline_key}
+    fastest = min(measured, key=lambda k: measured[k]["seconds"], default=None)
+    big = [(1024, 8.0, "bf16", False, False, 1)] + ([(1024, 8.0, *fastest[2:])] if fastest else [])
+    big.append((1024, 8.0, "fp32", False, False, 1))
+    print("\n1024 -> 8192 at the same tiles (no warm-up: the tile shapes, and so the compiled code, are "
+          "512 -> 2048's), its peak against 512 -> 2048's of the same settings (goal: within 10 %)\n", flush=True)
+    print("| size | dtype | mode | tiles per call | channels-last | seconds | speed-up | peak GiB | first s |"
+          " peak / 512's |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    for key in dict.fromkeys(big):
+        result = table.measure(key, warmup=False)
+        small = table.results.get((512, 4.0, *key[2:]))
+        growth = f" x{result['peak_mib'] / small['peak_mib']:.3f} |" if small and "peak_mib" in result else " |"
+        print(gpu_row(key, result, baseline) + growth, flush=True)
+    compiled_against_eager(table)
+    print()
+    sdpa_table("cuda", ("bf16", "fp16"))
+
+
+def compiled_against_eager(table: GpuTable) -> None:
+    """The largest difference, in grey levels of 8 bits, of each compiled output from its eager twin."""
+    print("\ncompiled against eager, 512 -> 2048, one tile per call: largest difference in 8-bit grey levels")
+    for key, out in table.outputs.items():
+        if key[4]:
+            eager = table.outputs.get((*key[:4], False, key[5]))
+            if eager is not None:
+                levels = float((out - eager).abs().max()) * 255
+                print(f"  {key[2]}, channels-last {'on' if key[3] else 'off'}: {levels:.3f}")
+
+
+# --------------------------------------------------------------------------------------------- attention
+
+#: (tokens of the query, tokens of the key, heads, head width) of SD 2.1's UNet on a 64x64-latent tile.
+SD_ATTENTION = [(4096, 4096, 5, 64), (4096, 77, 5, 64), (1024, 1024, 10, 64), (256, 256, 20, 64)]
+
+
+def sdpa_table(device: str, dtypes: tuple[str, ...]) -> None:
+    """Milliseconds of each SDPA backend this device can run, and what PyTorch picks by itself."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+
+    from flowsr.devices import DTYPES
+
+    backends = {"default (PyTorch's pick)": None, "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
+    if device == "cuda":
+        backends.update(efficient=SDPBackend.EFFICIENT_ATTENTION, cudnn=SDPBackend.CUDNN_ATTENTION)
+    print(f"attention (scaled_dot_product_attention) on {device}: ms per call at SD 2.1's shapes, 64-latent tile")
+    print("| dtype | queries x keys, heads | " + " | ".join(backends) + " |\n|" + "---|" * (len(backends) + 2))
+    for dtype in dtypes:
+        for queries, keys, heads, width in SD_ATTENTION:
+            q = torch.randn(1, heads, queries, width, device=device, dtype=DTYPES[dtype])
+            k = torch.randn(1, heads, keys, width, device=device, dtype=DTYPES[dtype])
+            cells = [_sdpa_ms(F.scaled_dot_product_attention, q, k, backend, sdpa_kernel) for backend in backends.values()]
+            print(f"| {dtype} | {queries} x {keys}, {heads} | " + " | ".join(cells) + " |", flush=True)
+
+
+def _sdpa_ms(attention, q, k, backend, sdpa_kernel) -> str:
+    import contextlib
+
+    try:
+        with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
+            attention(q, k, k)
+            if q.is_cuda:
+                torch.cuda.synchronize()
+            start, calls = time.perf_counter(), 0
+            while time.perf_counter() - start < 0.5:
+                attention(q, k, k)
+                calls += 1
+            if q.is_cuda:
+                torch.cuda.synchronize()
+        return f"{(time.perf_counter() - start) / calls * 1000:.2f}"
+    except RuntimeError:
+        return "n/a"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("sd-random", "builtin"), default="builtin")
+    parser.add_argument("--inputs", type=int, nargs="+", default=[256], help="input sides (output: 4x)")
+    parser.add_argument("--dtypes", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--sdpa", action="store_true", help="only the attention backends on the CPU")
+    parser.add_argument("--gpu-table", action="store_true", help="the CUDA table of gpu_session.sh")
+    parser.add_argument("--budget", type=float, default=480, help="seconds after which --gpu-table stops")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(json.loads(args.one))))
+    elif args.gpu_table:
+        args.model = "sd-random" if args.model == "builtin" and "--model" not in sys.argv else args.model
+        gpu_table(args)
+    elif args.sdpa:
+        sdpa_table("cpu", tuple(args.dtypes))
+    else:
+        cpu_table(args)
+
+
+if __name__ == "__main__":
+    main()
