@@ -102,10 +102,12 @@ class _GuardedCall:
             return self.region._call_impl(*args, **kwargs)
 
 
-def compile_network(model: nn.Module, backend: Any = "inductor") -> Optional[CompiledRegions]:
-    """Compile the blocks of ``model.denoiser`` (compilation itself happens on their first call), or say why
-    not and leave the model eager (None)."""
-    problem = compiler_problem(next(model.parameters()).device) if backend == "inductor" else None
+def compile_network(model: nn.Module, device: Optional[torch.device] = None,
+                    backend: Any = "inductor") -> Optional[CompiledRegions]:
+    """Compile the blocks of ``model.denoiser`` for ``device`` (default: where the model is; compilation itself
+    happens on their first call), or say why not and leave the model eager (None)."""
+    device = device or next(model.parameters()).device
+    problem = compiler_problem(torch.device(device)) if backend == "inductor" else None
     if problem is not None:
         logger.warning("--compile: %s; running without it", problem)
         return None
