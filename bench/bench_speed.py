@@ -2,7 +2,8 @@
 
     python bench/bench_speed.py --model builtin --inputs 256 --dtypes fp32 bf16 --repeat 3          # CPU
     python bench/bench_speed.py --model sd-random --inputs 128 256 --dtypes fp32 bf16 --repeat 1    # CPU, ~1 h
-    python bench/bench_speed.py --gpu-table --budget 480                                          # gpu_session.sh
+    python bench/bench_speed.py --gpu-table --budget 400                                          # gpu_session.sh
+    python bench/bench_speed.py --gpu-table --device cpu --model sd-tiny --sizes 32 64 --backend aot_eager  # check it
 
 Levers (CPU table): ``baseline`` is what the CLI does today (the LoRA merged into the weights, contiguous
 memory, eager); ``unmerged LoRA`` keeps peft's adapter layers (the public rank 4 on the usual SD targets, rank 16
@@ -56,6 +57,9 @@ def build_model(name: str, device: torch.device, merged: bool):
     if name == "builtin":
         from flowsr.models.tiny import load_builtin
         return load_builtin().to(device)
+    if name == "sd-tiny":  # SD 2.1's classes at a few channels: a quick check of the scripts, not of speed
+        from bench_upscale import sd_tiny
+        return sd_tiny().to(device)
     from flowsr.models.sd import SDFlowSRModel
     with device:
         model = SDFlowSRModel.from_configs()
@@ -65,19 +69,19 @@ def build_model(name: str, device: torch.device, merged: bool):
     return model.to(device)
 
 
-def prepare(model, dtype: torch.dtype, channels_last: bool, compiled: bool):
+def prepare(model, dtype: torch.dtype, channels_last: bool, compiled: bool, backend: str = "inductor"):
     """Cast, set the memory format, compile; returns the compiled regions (None: eager)."""
     from flowsr.speed import compile_network, use_channels_last
 
     use_channels_last(model.to(dtype), channels_last)
-    return compile_network(model) if compiled else None
+    return compile_network(model, backend=backend) if compiled else None
 
 
 def timed(pipe, image: torch.Tensor, options: dict) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
     with torch.no_grad():
         out = pipe.upscale_tensor(image, **options)
-    if image.device.type == "cuda" or pipe.model.device.type == "cuda":
+    if pipe.model.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start, out
 
@@ -158,11 +162,12 @@ def cpu_table(args: argparse.Namespace) -> None:
 class GpuTable:
     """Every configuration in one process; stops starting new ones once ``budget`` seconds have passed."""
 
-    def __init__(self, model: str, budget: float):
+    def __init__(self, args: argparse.Namespace):
         from flowsr import FlowSRPipeline
 
-        self.start, self.budget = time.perf_counter(), budget
-        self.pipe = FlowSRPipeline(build_model(model, torch.device("cuda"), merged=True))
+        self.start, self.budget, self.backend, self.small = time.perf_counter(), args.budget, args.backend, args.sizes[0]
+        self.device = torch.device(args.device)
+        self.pipe = FlowSRPipeline(build_model(args.model, self.device, merged=True))
         self.regions, self.prepared, self.results, self.outputs = None, None, {}, {}
 
     def set_up(self, dtype: str, channels_last: bool, compiled: bool) -> None:
@@ -173,29 +178,44 @@ class GpuTable:
         if self.regions is not None:
             self.regions.remove()
             torch._dynamo.reset()  # a clean cache per compiled setting: recompile counts stay per setting
-        self.regions = prepare(self.pipe.model, DTYPES[dtype], channels_last, compiled)
+        self.regions = prepare(self.pipe.model, DTYPES[dtype], channels_last, compiled, self.backend)
         self.prepared = (dtype, channels_last, compiled)
 
     def measure(self, key: tuple, warmup: bool = True) -> dict:
         """``key``: (input side, scale, dtype, channels-last, compiled, tiles per call)."""
         side, scale, dtype, channels_last, compiled, batch = key
-        if time.perf_counter() - self.start > self.budget:
+        if not self.time_left():
             return {"error": "skipped: the session's time budget was spent"}
         self.set_up(dtype, channels_last, compiled)
-        image = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).cuda()
+        # On the host, as the CLI holds images: the output is not in device memory, only the tiles' work is.
+        image = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
         options = dict(scale=scale, tile_size=GPU_TILE, tile_batch=batch)
         try:
             first = timed(self.pipe, image, options)[0] if warmup else float("nan")
-            torch.cuda.reset_peak_memory_stats()
+            self.reset_peak()
             seconds, out = timed(self.pipe, image, options)
         except Exception as error:  # an out-of-memory configuration is a result, not the end of the session
-            torch.cuda.empty_cache()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
             return {"error": f"{type(error).__name__}: {error}".splitlines()[0][:160]}
-        if side == 512 and batch == 1:
-            self.outputs[key] = out.cpu()
-        result = {"first": first, "seconds": seconds, "peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20}
+        if side == self.small and batch == 1:
+            self.outputs[key] = out
+        result = {"first": first, "seconds": seconds, "peak_mib": self.peak_mib()}
         self.results[key] = result
         return result
+
+    def reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_mib(self) -> float:
+        """Device memory allocated at most since the reset; on the CPU (a check of the script) the peak RSS."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated() / 2 ** 20
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
+
+    def time_left(self) -> bool:
+        return time.perf_counter() - self.start < self.budget
 
 
 def gpu_row(key: tuple, result: dict, baseline: dict) -> str:
@@ -210,42 +230,64 @@ def gpu_row(key: tuple, result: dict, baseline: dict) -> str:
 
 
 def gpu_table(args: argparse.Namespace) -> None:
-    table = GpuTable(args.model, args.budget)
-    print(f"FlowSR on {torch.cuda.get_device_name()}, torch {torch.__version__}, model {args.model}, tiles of "
-          f"{GPU_TILE} latent pixels (overlap automatic); speed-up against the fp32 eager one-tile-at-a-time "
-          f"baseline of this run; peak = max allocated; first = the call before, compile included\n", flush=True)
-    print("| size | dtype | mode | tiles per call | channels-last | seconds | speed-up | peak GiB | first s |\n"
-          "|---|---|---|---|---|---|---|---|---|", flush=True)
-    baseline_key = (512, 4.0, "fp32", False, False, 1)
+    """Eager rows first, then 1024 -> 8192 against 512 -> 2048, then the compiled rows, as the budget allows."""
+    table = GpuTable(args)
+    small, big = args.sizes
+    name = torch.cuda.get_device_name() if table.device.type == "cuda" else "cpu (a check of the script only)"
+    print(f"FlowSR on {name}, torch {torch.__version__}, model {args.model}, tiles of {GPU_TILE} latent pixels "
+          f"(overlap automatic); speed-up against the fp32 eager one-tile-at-a-time baseline of this run; peak = "
+          f"max allocated; first = the call before the timed one (compilation included)\n", flush=True)
+    print(header(), flush=True)
+    baseline_key = (small, 4.0, "fp32", False, False, 1)
     baseline = table.measure(baseline_key)
     print(gpu_row(baseline_key, baseline, baseline), flush=True)
-    for compiled in (False, True):
-        for dtype in ("bf16", "fp16"):
-            for channels_last in (False, True):
-                for batch in (1, 2, 3, 4):
-                    key = (512, 4.0, dtype, channels_last, compiled, batch)
-                    print(gpu_row(key, table.measure(key), baseline), flush=True)
-    measured = {k: r for k, r in table.results.items() if k != baseline_key}
-    fastest = min(measured, key=lambda k: measured[k]["seconds"], default=None)
-    big = [(1024, 8.0, "bf16", False, False, 1)] + ([(1024, 8.0, *fastest[2:])] if fastest else [])
-    big.append((1024, 8.0, "fp32", False, False, 1))
-    print("\n1024 -> 8192 at the same tiles (no warm-up: the tile shapes, and so the compiled code, are "
-          "512 -> 2048's), its peak against 512 -> 2048's of the same settings (goal: within 10 %)\n", flush=True)
-    print("| size | dtype | mode | tiles per call | channels-last | seconds | speed-up | peak GiB | first s |"
-          " peak / 512's |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
-    for key in dict.fromkeys(big):
-        result = table.measure(key, warmup=False)
-        small = table.results.get((512, 4.0, *key[2:]))
-        growth = f" x{result['peak_mib'] / small['peak_mib']:.3f} |" if small and "peak_mib" in result else " |"
-        print(gpu_row(key, result, baseline) + growth, flush=True)
+    grid(table, small, False, baseline)
+    print(f"\n{big} -> {big * 8} at the same tiles, its peak against {small} -> {small * 4}'s of the same settings "
+          "(goal: within 10 %); no warm-up, so 'first' is empty\n", flush=True)
+    print(header("peak / smaller's"), flush=True)
+    for key in [(big, 8.0, "bf16", False, False, 1), (big, 8.0, "bf16", False, False, 4), (big, 8.0, "fp32", False, False, 1)]:
+        growth_row(table, key, baseline)
+    print("\ncompiled (the first call of each setting compiles; tiles per call 2 recompiles the batch dimension "
+          "as dynamic, 3 and 4 reuse it)\n", flush=True)
+    print(header(), flush=True)
+    grid(table, small, True, baseline)
+    compiled = {k: r for k, r in table.results.items() if k[4] and k[0] == small}
+    if compiled:
+        fastest = min(compiled, key=lambda k: compiled[k]["seconds"])
+        print(f"\nthe fastest compiled setting at {big} -> {big * 8} (its code is {small}'s: same tiles)\n")
+        print(header("peak / smaller's"), flush=True)
+        growth_row(table, (big, 8.0, *fastest[2:]), baseline)
     compiled_against_eager(table)
     print()
-    sdpa_table("cuda", ("bf16", "fp16"))
+    sdpa_table(args.device, ("bf16", "fp16") if table.device.type == "cuda" else ("fp32",))
+
+
+COLUMNS = ["size", "dtype", "mode", "tiles per call", "channels-last", "seconds", "speed-up", "peak GiB", "first s"]
+
+
+def header(*extra: str) -> str:
+    columns = COLUMNS + list(extra)
+    return "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
+
+
+def grid(table: GpuTable, side: int, compiled: bool, baseline: dict) -> None:
+    for dtype in ("bf16", "fp16"):
+        for channels_last in (False, True):
+            for batch in (1, 2, 3, 4):
+                key = (side, 4.0, dtype, channels_last, compiled, batch)
+                print(gpu_row(key, table.measure(key), baseline), flush=True)
+
+
+def growth_row(table: GpuTable, key: tuple, baseline: dict) -> None:
+    result = table.measure(key, warmup=False)
+    smaller = table.results.get((table.small, 4.0, *key[2:]))
+    growth = f" x{result['peak_mib'] / smaller['peak_mib']:.3f} |" if smaller and "peak_mib" in result else " |"
+    print(gpu_row(key, result, baseline) + growth, flush=True)
 
 
 def compiled_against_eager(table: GpuTable) -> None:
     """The largest difference, in grey levels of 8 bits, of each compiled output from its eager twin."""
-    print("\ncompiled against eager, 512 -> 2048, one tile per call: largest difference in 8-bit grey levels")
+    print("\ncompiled against eager, the smaller size, one tile per call: largest difference in 8-bit grey levels")
     for key, out in table.outputs.items():
         if key[4]:
             eager = table.outputs.get((*key[:4], False, key[5]))
@@ -289,7 +331,7 @@ def _sdpa_ms(attention, q, k, backend, sdpa_kernel) -> str:
             if q.is_cuda:
                 torch.cuda.synchronize()
             start, calls = time.perf_counter(), 0
-            while time.perf_counter() - start < 0.5:
+            while time.perf_counter() - start < 0.2:
                 attention(q, k, k)
                 calls += 1
             if q.is_cuda:
@@ -301,13 +343,17 @@ def _sdpa_ms(attention, q, k, backend, sdpa_kernel) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("sd-random", "builtin"), default="builtin")
+    parser.add_argument("--model", choices=("sd-random", "builtin", "sd-tiny"), default="builtin")
     parser.add_argument("--inputs", type=int, nargs="+", default=[256], help="input sides (output: 4x)")
     parser.add_argument("--dtypes", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--sdpa", action="store_true", help="only the attention backends on the CPU")
     parser.add_argument("--gpu-table", action="store_true", help="the CUDA table of gpu_session.sh")
-    parser.add_argument("--budget", type=float, default=480, help="seconds after which --gpu-table stops")
+    parser.add_argument("--budget", type=float, default=400, help="seconds after which --gpu-table starts no row")
+    parser.add_argument("--device", default="cuda", help="--gpu-table's device (cpu: a quick check of the script)")
+    parser.add_argument("--sizes", type=int, nargs=2, default=[512, 1024],
+                        help="--gpu-table's input sides, upscaled x4 and x8")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager: a quick check)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
