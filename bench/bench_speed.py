@@ -165,9 +165,10 @@ class GpuTable:
     def __init__(self, args: argparse.Namespace):
         from flowsr import FlowSRPipeline
 
-        self.start, self.budget, self.backend, self.small = time.perf_counter(), args.budget, args.backend, args.sizes[0]
+        self.budget, self.backend, self.small = args.budget, args.backend, args.sizes[0]
         self.device = torch.device(args.device)
         self.pipe = FlowSRPipeline(build_model(args.model, self.device, merged=True))
+        self.start = time.perf_counter()  # the budget is the table's: building the model is not in it
         self.regions, self.prepared, self.results, self.outputs = None, None, {}, {}
 
     def set_up(self, dtype: str, channels_last: bool, compiled: bool) -> None:

@@ -110,3 +110,25 @@ def test_compile_is_one_option_with_a_command_line_flag():
     check_option(COMPILE, True)
     with pytest.raises(BadInputError, match="compile must be true or false, got 'yes'"):
         check_option(COMPILE, "yes")
+
+
+def cancel_check(module, inputs):
+    """A cancel check as the pipeline registers it: nothing inside a compiled region."""
+    if torch.compiler.is_compiling():
+        return
+
+
+def test_hooks_added_and_removed_around_each_upscale_cause_no_recompilation(image):
+    """The contract with the cancel checks: pre-hooks registered on the UNet's blocks, containers and layers for
+    one upscale and removed after it leave the compiled code as it is (no new graphs on the next upscale)."""
+    torch._dynamo.reset()
+    pipe = tiny_sd_pipeline()
+    compile_network(pipe.model, backend="aot_eager")  # dynamo's graphs without inductor's C++: quick
+    pipe.upscale_tensor(image, **TILED)
+    graphs = dynamo_graphs()
+    for _ in range(2):
+        handles = [m.register_forward_pre_hook(cancel_check) for m in pipe.model.unet.modules()]
+        pipe.upscale_tensor(image, **TILED)
+        for handle in handles:
+            handle.remove()
+    assert dynamo_graphs() == graphs
