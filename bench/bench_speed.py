@@ -246,7 +246,8 @@ def gpu_table(args: argparse.Namespace) -> None:
     print(f"\n{big} -> {big * 8} at the same tiles, its peak against {small} -> {small * 4}'s of the same settings "
           "(goal: within 10 %); no warm-up, so 'first' is empty\n", flush=True)
     print(header("peak / smaller's"), flush=True)
-    for key in [(big, 8.0, "bf16", False, False, 1), (big, 8.0, "bf16", False, False, 4), (big, 8.0, "fp32", False, False, 1)]:
+    for dtype, batch in (("bf16", 1), ("bf16", 4), ("fp32", 1)):
+        key = (big, 8.0, dtype, False, False, batch)
         growth_row(table, key, baseline)
     print("\ncompiled (the first call of each setting compiles; tiles per call 2 recompiles the batch dimension "
           "as dynamic, 3 and 4 reuse it)\n", flush=True)
@@ -319,7 +320,8 @@ def sdpa_table(device: str, dtypes: tuple[str, ...]) -> None:
         for queries, keys, heads, width in SD_ATTENTION:
             q = torch.randn(1, heads, queries, width, device=device, dtype=DTYPES[dtype])
             k = torch.randn(1, heads, keys, width, device=device, dtype=DTYPES[dtype])
-            cells = [_sdpa_ms(F.scaled_dot_product_attention, q, k, backend, sdpa_kernel) for backend in backends.values()]
+            cells = [_sdpa_ms(F.scaled_dot_product_attention, q, k, backend, sdpa_kernel)
+                     for backend in backends.values()]
             print(f"| {dtype} | {queries} x {keys}, {heads} | " + " | ".join(cells) + " |", flush=True)
 
 

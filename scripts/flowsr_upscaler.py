@@ -21,8 +21,8 @@ if EXTENSION_ROOT not in sys.path:
 
 import flowsr  # noqa: E402
 from flowsr.families import SD21_BASE  # noqa: E402
-from flowsr.options import (AUTOMATIC, COLOR_FIX, COMPILE, DTYPE, SCALE, SCHEDULE, STEPS, TILE_OVERLAP, TILE_SIZE,  # noqa: E402
-                            Option, check_option)
+from flowsr.options import (AUTOMATIC, COLOR_FIX, COMPILE, DTYPE, SCALE, SCHEDULE, STEPS, TILE_OVERLAP,  # noqa: E402
+                            TILE_SIZE, Option, check_option)
 from flowsr.weights_file import FLOWSR_LORA, read_weights_file  # noqa: E402
 from modules import devices, paths, shared  # noqa: E402
 from modules.upscaler import Upscaler, UpscalerData  # noqa: E402
