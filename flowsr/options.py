@@ -103,10 +103,11 @@ DTYPE = Option("dtype", str, "auto", "Precision of the weights: auto is bf16 on 
                "other GPUs and fp32 on the CPU; fp32 is the most exact and takes twice the memory of fp16/bf16; "
                "fp16 is refused on the CPU (many times slower there).",
                choices=("auto", *DTYPES))
-COMPILE = Option("compile", bool, False, "Compile the velocity network with torch.compile: each later network call "
-                 "is faster (see the README's speed table), the first one of each new tile shape waits for the "
-                 "compiler (seconds on a GPU, a minute or more on the CPU). Needs a C++ compiler (CPU) or Triton "
-                 "(CUDA); without one, or if compiling fails, FlowSR says so and runs uncompiled.")
+COMPILE = Option("compile", bool, False, "Compile the UNet's blocks with torch.compile, for faster network calls "
+                 "where the README's speed table shows a gain; the first call of each new tile shape waits for the "
+                 "compiler (minutes on a 2-core CPU, much less once PyTorch's disk cache holds the code). Needs a "
+                 "C++ compiler (CPU) or Triton (CUDA); without one, or if compiling fails, FlowSR says so and runs "
+                 "uncompiled.")
 
 #: The options of :meth:`flowsr.FlowSRPipeline.upscale_tensor`, by keyword.
 UPSCALE_OPTIONS = {option.name: option for option in

@@ -2,9 +2,9 @@
 
 - **Compiled regions** (opt-in, ``compile``): ``torch.compile`` of every block the velocity network is made of
   (diffusers' ``ResnetBlock2D`` and ``BasicTransformerBlock``), one region per block, the way diffusers'
-  regional compilation does it: the same code serves every block of a kind, so compile time is a few blocks'
-  worth instead of the whole UNet's, and what runs between regions (the UNet's own glue, forward pre-hooks on
-  its down/up blocks) stays plain Python. Shapes: every tile of a plan has the plan's shape (border tiles are
+  regional compilation does it: blocks of the same shape share their compiled code, no graph spans more than
+  one block, and what runs between regions (the UNet's own glue, forward pre-hooks on its down, mid and up
+  blocks) stays plain Python. Shapes: every tile of a plan has the plan's shape (border tiles are
   shifted inwards, :func:`flowsr.tiling.tile_starts`), so a plan compiles once, and another shape (the last,
   smaller group of a batch, another image size) makes dynamo recompile with that dimension symbolic
   (its automatic dynamic shapes), after which every size reuses it. Where the compiler is missing or fails,
@@ -34,9 +34,10 @@ REGION_CLASSES = ("ResnetBlock2D", "BasicTransformerBlock")
 #: Device types on which channels-last ran faster for the UNet and the VAE (bench/bench_speed.py): none yet
 #: on this project's CPU measurements (README, "Speed"); CUDA is unmeasured, so it stays off there too.
 CHANNELS_LAST_DEVICES: frozenset[str] = frozenset()
-#: Recompilations dynamo allows per block's code before it gives up on it: the SD 2.1 UNet's resnets come in
-#: about a dozen (channels in, channels out) pairs, more than dynamo's default of 8.
-RECOMPILE_LIMIT = 64
+#: Compiled versions dynamo keeps of one piece of code before it runs it uncompiled: every region is compiled
+#: from ``nn.Module._call_impl``, one version per block shape (and dtype, and memory format), and the SD 2.1
+#: UNet alone has a few dozen shapes, where dynamo's default is 8.
+RECOMPILE_LIMIT = 128
 
 
 def compiler_problem(device: torch.device) -> Optional[str]:
@@ -109,7 +110,7 @@ def compile_network(model: nn.Module, device: Optional[torch.device] = None,
     device = device or next(model.parameters()).device
     problem = compiler_problem(torch.device(device)) if backend == "inductor" else None
     if problem is not None:
-        logger.warning("--compile: %s; running without it", problem)
+        logger.warning("torch.compile is not used: %s; running without it", problem)
         return None
     return CompiledRegions(model.denoiser, backend)
 
