@@ -11,13 +11,15 @@ on the VAE encoder's); ``channels-last`` (:func:`flowsr.speed.use_channels_last`
 (:func:`flowsr.speed.compile_network`); ``all`` is compiled and channels-last. ``sd-random`` is SD 2.1-base at
 full width with random weights (speed does not depend on values). Each configuration runs in a fresh process
 (its own peak RSS) with an empty inductor cache of this run, so ``first`` is the cold cost of a first call,
-compilation included; ``seconds`` is the best of ``--repeat`` calls after it. Tiles: none (``--tile-size``).
+compilation included; ``seconds`` is the best of ``--repeat`` calls after it. No tiles: one pass.
 
-``--gpu-table`` (CUDA, one process, peak = max allocated): 512 -> 2048 and 1024 -> 8192 with 64-latent tiles (what
-automatic tiling gives an 8 GB card), eager and compiled, bf16 and fp16, 1-4 tiles per call, channels-last off and
-on, against the one-tile-at-a-time fp32 baseline; then 1024 -> 8192 at the same tiles (the rows that fit in
-``--budget`` seconds), its peak against 512 -> 2048's; then the attention kernels. ``--sdpa`` alone: each
-scaled-dot-product-attention backend this device has, at the SD 2.1 UNet's attention shapes.
+``--gpu-table`` (CUDA, one process, peak = max allocated; the images stay on the host, as the CLI holds them):
+64-latent tiles (what automatic tiling gives an 8 GB card). First the eager rows at 512 -> 2048 (bf16 and fp16,
+1-4 tiles per call, channels-last off and on) against the fp32 one-tile-at-a-time baseline; then 1024 -> 8192 at
+the same tiles, its peak against 512 -> 2048's; then the compiled rows; then the fastest compiled setting at
+1024 -> 8192 and the compiled outputs against the eager ones; each row only while ``--budget`` seconds last.
+Last, the attention kernels. ``--sdpa`` alone: each scaled-dot-product-attention backend this device has, at the
+SD 2.1 UNet's attention shapes.
 """
 from __future__ import annotations
 
