@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
-# What ran on the lent GPU (one H100/H200, no network), in one call: the speed/memory benchmark at
-# 512 -> 2048 with the SD 2.1 architecture, the CUDA out-of-memory back-off, then the built-in model's
-# training (stage 1, then stage 2 with its two ablations side by side). Results land in $OUT.
-# Ran with the configs of its commit; today's stage-1 config continues version 2, so stage 1 here passes
-# model.init=null (from scratch, as it ran). Needs data/photos_sa (python -m train.prepare_photos --out
-# data/photos_sa) and, where diffusers is missing, wheels in .whl/.
+# One call on a lent GPU (one H100/H200, no network), under 10 minutes: the speed table of issue 25,
+# bench/bench_speed.py --gpu-table (512 -> 2048 and 1024 -> 8192 with 64-latent tiles; eager and compiled, bf16 and
+# fp16, 1-4 tiles per call, channels-last off and on; the VRAM of 1024 -> 8192 against 512 -> 2048 at the same tiles;
+# the attention kernels), printed as it goes and kept in $OUT/speed.txt. Rows stop starting after BUDGET seconds
+# (380), the whole after SPEED_TIMEOUT (540), so a slow compiler costs rows, never the table.
+# The device image lacks diffusers: run bench/gpu_wheels.sh here first and carry .whl in the call, e.g.
+#   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=600)
+# TRAIN=1 then also runs what an earlier session ran (the 512 -> 2048 bench, the CUDA out-of-memory back-off,
+# the built-in model's training: stage 1, then stage 2 with its two ablations side by side; about 8 minutes more,
+# so not within one call). Its configs: today's stage-1 config continues version 2, so stage 1 here passes
+# model.init=null (from scratch, as it ran); it needs data/photos_sa (python -m train.prepare_photos --out
+# data/photos_sa).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/gpu_env.sh
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/bench.txt"
-python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" | tee -a "$OUT/bench.txt"
-
-if [ "${BENCH:-1}" = 1 ]; then
-  timeout 150 python3 bench/bench_upscale.py --model sd-random --device cuda --input 512 --scale 4 --repeat 2 \
-      --growth 256 512 2>&1 | grep -v Warning | tee -a "$OUT/bench.txt"
-  timeout 60 python3 bench/oom_check.py --fraction 0.05 --input 512 2>&1 | tail -3 | tee -a "$OUT/bench.txt"
+if ! python3 -c "import diffusers" 2>/dev/null; then
+  echo "diffusers is missing on this machine: run bench/gpu_wheels.sh where pip works and carry .whl" | tee "$OUT/speed.txt"
+  exit 3
 fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/speed.txt"
+python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" | tee -a "$OUT/speed.txt"
+# GPU_TABLE_ARGS: a check of this script without a GPU, e.g. "--device cpu --model sd-tiny --sizes 32 64 --backend aot_eager"
+timeout "${SPEED_TIMEOUT:-540}" python3 bench/bench_speed.py --gpu-table --budget "${BUDGET:-380}" ${GPU_TABLE_ARGS:-} 2>&1 \
+    | grep -v Warning | tee -a "$OUT/speed.txt"
+[ "${TRAIN:-0}" = 1 ] || exit 0
+
+timeout 150 python3 bench/bench_upscale.py --model sd-random --device cuda --input 512 --scale 4 --repeat 2 \
+    --growth 256 512 2>&1 | grep -v Warning | tee -a "$OUT/bench.txt"
+timeout 60 python3 bench/oom_check.py --fraction 0.05 --input 512 2>&1 | tail -3 | tee -a "$OUT/bench.txt"
 
 GPU=(--set train.mixed_precision=bf16 --set data.num_workers=${WORKERS:-8} --set data.batch_size=32 --set log.every=50)
 t0=$(date +%s)

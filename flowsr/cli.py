@@ -115,7 +115,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     pipe = None
     if job.batches:
         pipe = FlowSRPipeline.from_pretrained(args.checkpoint, args.base_model, device=shard.device(args.device),
-                                              dtype=args.dtype, allow_download=args.allow_download)
+                                              dtype=args.dtype, allow_download=args.allow_download,
+                                              compile=args.compile)
     report = job.run(pipe)
     if shard.is_main or not connected:  # unconnected (RANK and WORLD_SIZE alone), each process has its own report
         _print_outcome(tasks, report, args.output)

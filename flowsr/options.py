@@ -31,7 +31,7 @@ MAX_SEED = 0xFFFFFFFFFFFFFFFF
 class Option:
     """One option. ``automatic`` says what ``None`` means; empty where the option must have a value."""
     name: str
-    type: type  # int, float or str
+    type: type  # int, float, str or bool
     default: Any
     help: str
     minimum: Optional[float] = None
@@ -104,12 +104,17 @@ DTYPE = Option("dtype", str, "auto", "Precision of the weights: auto is bf16 on 
                "other GPUs and fp32 on the CPU; fp32 is the most exact and takes twice the memory of fp16/bf16; "
                "fp16 is refused on the CPU (many times slower there).",
                choices=("auto", *DTYPES))
+COMPILE = Option("compile", bool, False, "Compile the UNet's blocks with torch.compile, for faster network calls "
+                 "where the README's speed table shows a gain; the first call of each new tile shape waits for the "
+                 "compiler (minutes on a 2-core CPU, much less once PyTorch's disk cache holds the code). Needs a "
+                 "C++ compiler (CPU) or Triton (CUDA); without one, or if compiling fails, FlowSR says so and runs "
+                 "uncompiled.")
 
 #: The options of :meth:`flowsr.FlowSRPipeline.upscale_tensor`, by keyword.
 UPSCALE_OPTIONS = {option.name: option for option in
                    (SCALE, STEPS, SCHEDULE, TILE_SIZE, TILE_OVERLAP, TILE_BATCH, COLOR_FIX, SEED)}
 #: The options of :meth:`flowsr.FlowSRPipeline.from_pretrained` that every host offers alike.
-LOAD_OPTIONS = {DTYPE.name: DTYPE}
+LOAD_OPTIONS = {option.name: option for option in (DTYPE, COMPILE)}
 
 
 def problem(option: Option, value: Any) -> Optional[str]:
@@ -118,6 +123,8 @@ def problem(option: Option, value: Any) -> Optional[str]:
         return None if option.automatic else "must be set, got nothing (None)"
     if option.choices:
         return None if value in option.choices else f"must be one of {', '.join(option.choices)}, got {value!r}"
+    if option.type is bool:
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, int if option.type is int else Real):
         kind = "a whole number" if option.type is int else "a number"
         return f"must be {kind}, got {value!r}"
@@ -162,6 +169,10 @@ def add_upscale_options(parser: argparse.ArgumentParser) -> None:
     """
     for option in [*UPSCALE_OPTIONS.values(), *LOAD_OPTIONS.values()]:
         default = "" if option.automatic else f" Default: {option.default}."
+        if option.type is bool:
+            parser.add_argument(f"--{option.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
+                                default=option.default, help=option.help + " Default: off.")
+            continue
         parser.add_argument(f"--{option.name.replace('_', '-')}", type=option.type, default=option.default,
                             choices=option.choices or None, metavar=None if option.choices else "N",
                             help=option.describe("Left out") + default)

@@ -36,14 +36,22 @@ class FlowSRPipeline:
 
     @classmethod
     def from_pretrained(cls, checkpoint=None, base_model=None, device: str | torch.device = "auto",
-                        dtype: str | torch.dtype = "auto", allow_download: bool = False) -> "FlowSRPipeline":
-        """The public weights on an SD 2.1-base model, a small-model file, or (no arguments) the built-in model."""
+                        dtype: str | torch.dtype = "auto", allow_download: bool = False,
+                        compile: bool = False) -> "FlowSRPipeline":
+        """The public weights on an SD 2.1-base model, a small-model file, or (no arguments) the built-in model.
+
+        ``compile`` compiles the velocity network's blocks (:func:`flowsr.speed.compile_network`).
+        """
         from .loading import load_model
+        from .speed import compile_network, use_channels_last
 
         resolved_device = resolve_device(device)
         resolved_dtype = resolve_dtype(dtype, resolved_device)
-        return cls(load_model(checkpoint, base_model, device=resolved_device, dtype=resolved_dtype,
-                              allow_download=allow_download))
+        model = use_channels_last(load_model(checkpoint, base_model, device=resolved_device, dtype=resolved_dtype,
+                                             allow_download=allow_download))
+        if compile:
+            compile_network(model)
+        return cls(model)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "FlowSRPipeline":
         self.model.to(device=device, dtype=dtype)

@@ -21,7 +21,8 @@ from .. import flowsr
 from ..flowsr import downloads
 from ..flowsr.devices import resolve_dtype
 from ..flowsr.families import SD21_BASE
-from ..flowsr.options import DTYPE, UPSCALE_OPTIONS, check_option, check_upscale_options
+from ..flowsr.options import COMPILE, DTYPE, UPSCALE_OPTIONS, check_option, check_upscale_options
+from ..flowsr.speed import compile_network
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +144,14 @@ class LoadedFlowSR:
 _loaded: "weakref.WeakValueDictionary[tuple, LoadedFlowSR]" = weakref.WeakValueDictionary()
 
 
-def load(flowsr_weights: str, base_model: str, dtype: str) -> LoadedFlowSR:
+def load(flowsr_weights: str, base_model: str, dtype: str, compile: bool = COMPILE.default) -> LoadedFlowSR:
     check_option(DTYPE, dtype)
+    check_option(COMPILE, compile)
     weights_path, base_path = _resolve_weights(flowsr_weights), _resolve_base_model(base_model)
     load_device, offload_device = model_management.get_torch_device(), model_management.unet_offload_device()
     torch_dtype = _dtype_for(dtype, load_device)
-    key = (_file_identity(weights_path), _file_identity(base_path), torch_dtype, str(load_device), str(offload_device))
+    key = (_file_identity(weights_path), _file_identity(base_path), torch_dtype, str(load_device), str(offload_device),
+           compile)
     cached = _loaded.get(key)
     if cached is not None:
         return cached
@@ -157,6 +160,8 @@ def load(flowsr_weights: str, base_model: str, dtype: str) -> LoadedFlowSR:
                                                          dtype=torch_dtype)
     except flowsr.FlowSRError as error:
         raise type(error)(f"{error}\n{_where_files_go()}") from error
+    if compile:  # checked for the device it will run on, not the offload device it loads on
+        compile_network(pipeline.model, load_device)
     patcher = ModelPatcher(FlowSRForModelPatcher(pipeline.model), load_device=load_device, offload_device=offload_device)
     description = flowsr_weights if base_path is None else f"{flowsr_weights} on {base_model}"
     loaded = LoadedFlowSR(pipeline, patcher, f"{description} ({str(torch_dtype).removeprefix('torch.')})")

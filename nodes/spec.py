@@ -53,6 +53,8 @@ IMAGE_INPUT = Param("image", "IMAGE", "The images to upscale: an RGB batch of on
 
 def widget(option: flowsr_options.Option, step: float = 1) -> Param:
     """An upscale option as a widget, from its one definition; INT widgets hold automatic as -1."""
+    if option.type is bool:
+        return Param(option.name, "BOOLEAN", option.describe(), default=option.default)
     if option.choices:
         return Param(option.name, "COMBO", option.describe(), default=option.default,
                      options=_choices(*option.choices))
@@ -93,6 +95,7 @@ LOADER = NodeSpec(
               "Precision of the weights. auto follows ComfyUI's choice for the device (bf16 or fp16 on GPUs, "
               "fp32 on the CPU); fp32 is the most exact and takes twice the memory of fp16/bf16.",
               default=flowsr_options.DTYPE.default, options=_choices(*flowsr_options.DTYPE.choices)),
+        widget(flowsr_options.COMPILE),
     ),
     output=Param("flowsr_model", MODEL_TYPE, "The loaded FlowSR model."),
     run=host.load,

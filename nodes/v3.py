@@ -18,6 +18,8 @@ def _input(param: Param) -> io.Input:
     if param.type == "FLOAT":
         return io.Float.Input(param.name, default=param.default, min=param.min, max=param.max, step=param.step,
                               **common)
+    if param.type == "BOOLEAN":
+        return io.Boolean.Input(param.name, default=param.default, **common)
     if param.type == "COMBO":
         return io.Combo.Input(param.name, options=param.options(), default=param.default, **common)
     return _SOCKETS[param.type].Input(param.name, **common)

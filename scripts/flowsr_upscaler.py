@@ -21,8 +21,8 @@ if EXTENSION_ROOT not in sys.path:
 
 import flowsr  # noqa: E402
 from flowsr.families import SD21_BASE  # noqa: E402
-from flowsr.options import (AUTOMATIC, COLOR_FIX, DTYPE, SCALE, SCHEDULE, STEPS, TILE_OVERLAP, TILE_SIZE,  # noqa: E402
-                            Option, problem)
+from flowsr.options import (AUTOMATIC, COLOR_FIX, COMPILE, DTYPE, SCALE, SCHEDULE, STEPS, TILE_OVERLAP,  # noqa: E402
+                            TILE_SIZE, Option, problem)
 from flowsr.weights_file import FLOWSR_LORA, read_weights_file  # noqa: E402
 from modules import devices, paths, shared  # noqa: E402
 from modules.upscaler import Upscaler, UpscalerData  # noqa: E402
@@ -49,6 +49,8 @@ class Setting(NamedTuple):  # not a dataclass: A1111 loads scripts without regis
 def option_setting(option: Option, label: str, info: str = "") -> Setting:
     """A flowsr option as a setting, from its one definition: radio buttons, or a slider holding automatic as -1."""
     info = info or option.describe()
+    if option.type is bool:
+        return Setting(option.default, label, "Checkbox", None, info, option)
     if option.choices:
         return Setting(option.default, label, "Radio", {"choices": list(option.choices)}, info, option)
     return Setting(option.to_host(option.default), label, "Slider",
@@ -64,6 +66,7 @@ SETTINGS = {
     "flowsr_schedule": option_setting(SCHEDULE, "FlowSR schedule for more than one step"),
     "flowsr_dtype": option_setting(DTYPE, "FlowSR precision", "auto = bf16 on CUDA where supported; always fp32 on "
                                                               "the CPU and fp32 with --no-half"),
+    "flowsr_compile": option_setting(COMPILE, "FlowSR: compile the network (torch.compile)"),
     "flowsr_base_model": Setting("", f"{SD21_BASE.name} model for FlowSR", "Textbox", None,
                                  "a file in models/Stable-diffusion or a full path; "
                                  f"empty = find {SD21_BASE.single_file}"),
@@ -311,12 +314,13 @@ class UpscalerFlowSR(Upscaler):
         device, dtype = device_and_dtype()
         if device.type != "cpu":
             free_host_memory()
-        key = (checkpoint, base_model, dtype)
+        key = (checkpoint, base_model, dtype, setting("flowsr_compile"))
         if self.pipeline_key != key:
             self.unload()
             print(f"FlowSR: loading {checkpoint or flowsr.BUILTIN_MODEL_NAME} ({dtype}, {device})",
                   file=shared.progress_print_out, flush=True)
-            self.pipeline = flowsr.FlowSRPipeline.from_pretrained(checkpoint, base_model, device=device, dtype=dtype)
+            self.pipeline = flowsr.FlowSRPipeline.from_pretrained(checkpoint, base_model, device=device, dtype=dtype,
+                                                                  compile=key[-1])
             self.pipeline_key = key
         return self.pipeline.to(device)
 

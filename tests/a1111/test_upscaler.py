@@ -312,17 +312,20 @@ def test_changed_settings_reach_flowsr(start_a1111, builtin_small, record_passes
 
 
 def test_each_flowsr_setting_takes_exactly_what_its_option_takes(start_a1111, capsys):
-    """Sliders span the option's values (automatic as -1); radio buttons list its choices; anything else set
-    through the host's Options.set is refused with one line naming the setting, the value and the range (no
-    traceback), and the old value stays."""
+    """Sliders span the option's values (automatic as -1); radio buttons list its choices; checkboxes hold true
+    or false; anything else set through the host's Options.set is refused with one line naming the setting, the
+    value and the range (no traceback), and the old value stays."""
     a1111 = start_a1111()
     opts = a1111.shared.opts
     for key, spec in a1111.script.SETTINGS.items():
         if spec.option is None:
             continue
         args = spec.component_args
-        good = args.get("choices") or [args["minimum"], args["maximum"]]
-        bad = ["other"] if "choices" in args else [args["minimum"] - 1, args["maximum"] + 1, "4"]
+        if spec.component == "Checkbox":
+            good, bad = [True, False], ["yes", 1]
+        else:
+            good = args.get("choices") or [args["minimum"], args["maximum"]]
+            bad = ["other"] if "choices" in args else [args["minimum"] - 1, args["maximum"] + 1, "4"]
         for value in good:
             opts.set(key, value)
             assert getattr(opts, key) == value, (key, value)
@@ -528,3 +531,22 @@ print(module.flowsr.__file__)
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()) == REPO / "flowsr" / "__init__.py"
+
+
+def test_the_compile_setting_loads_a_compiled_pipeline_once(start_a1111, builtin_small, monkeypatch):
+    loads = []
+    real = FlowSRPipeline.from_pretrained.__func__
+
+    def from_pretrained(cls, *args, **kwargs):
+        loads.append(kwargs["compile"])
+        return real(cls, *args, **{**kwargs, "compile": False})  # compiling itself: tests/core/test_speed.py
+
+    monkeypatch.setattr(FlowSRPipeline, "from_pretrained", classmethod(from_pretrained))
+    a1111 = start_a1111("--use-cpu", "all")
+    assert a1111.script.SETTINGS["flowsr_compile"].component == "Checkbox"
+    upscaler = a1111.upscalers[BUILTIN_ENTRY]
+    upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
+    assert a1111.shared.opts.set("flowsr_compile", True)
+    upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
+    upscaler.scaler.upscale(picture(), 2, upscaler.data_path)
+    assert loads == [False, True], "a changed setting loads anew; an unchanged one keeps the pipeline"

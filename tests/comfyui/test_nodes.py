@@ -296,3 +296,14 @@ def test_a_base_model_from_models_checkpoints_reaches_flowsr_as_that_file(
     assert calls == [(str(tiny_model_file), str(shared / "v2-1_512-ema-pruned.safetensors"),
                       {"device": torch.device("cpu"), "dtype": torch.bfloat16})]
     assert model.pipeline is pipeline
+
+
+def test_the_loaders_compile_input_compiles_the_network_blocks(run, tiny_model_file, nodes_by_id):
+    plain = run("FlowSRLoader", flowsr_weights=tiny_model_file.name, base_model="none", dtype="fp32")
+    compiled = run("FlowSRLoader", flowsr_weights=tiny_model_file.name, base_model="none", dtype="fp32", compile=True)
+    assert compiled is not plain
+    blocks = [m for m in compiled.pipeline.model.denoiser.modules() if type(m).__name__ == "ResnetBlock2D"]
+    assert blocks and all(block._compiled_call_impl is not None for block in blocks)
+    assert all(m._compiled_call_impl is None for m in plain.pipeline.model.modules())
+    schema = nodes_by_id["FlowSRLoader"].define_schema()
+    assert [i.id for i in schema.inputs][-1] == "compile", "new inputs go last: saved workflows keep their values"

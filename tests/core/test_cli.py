@@ -326,3 +326,17 @@ def test_under_a_launcher_only_process_0_says_interrupted(tmp_path, monkeypatch,
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out.png")]) == 130
     assert ("interrupted" in capsys.readouterr().err) == speaks
+
+
+def test_compile_without_a_cpp_compiler_says_so_and_upscales_uncompiled(tiny_checkpoint, photos, tmp_path, caplog):
+    import torch._inductor.config as inductor_config
+
+    out, plain = tmp_path / "compiled.png", tmp_path / "plain.png"
+    common = ["--checkpoint", str(tiny_checkpoint), "--scale", "2", "--dtype", "fp32", "--device", "cpu"]
+    with inductor_config.patch({"cpp.cxx": ("flowsr-no-such-compiler",)}), \
+            caplog.at_level("WARNING", logger="flowsr.speed"):
+        assert main(["upscale", str(photos / "a.png"), "-o", str(out), "--compile", *common]) == 0
+    assert any("torch.compile is not used" in r.getMessage() and "install gcc" in r.getMessage()
+               for r in caplog.records)
+    assert main(["upscale", str(photos / "a.png"), "-o", str(plain), *common]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(plain)))

@@ -61,7 +61,8 @@ def test_command_line_flags_are_made_from_the_definitions():
     parser = argparse.ArgumentParser()
     add_upscale_options(parser)
     defaults = vars(parser.parse_args([]))
-    assert defaults == {**{name: option.default for name, option in UPSCALE_OPTIONS.items()}, "dtype": "auto"}
+    assert defaults == {**{name: option.default for name, option in UPSCALE_OPTIONS.items()}, "dtype": "auto",
+                        "compile": False}
     parsed = parser.parse_args(["--tile-size", "0", "--schedule", "sd3", "--scale", "2.5", "--seed", "7"])
     assert (parsed.tile_size, parsed.schedule, parsed.scale, parsed.seed) == (0, "sd3", 2.5, 7)
     help_text = " ".join(parser.format_help().split())
