@@ -158,8 +158,10 @@ def _interrupt_on_terminate(signal_number, frame) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt_on_terminate) if in_main_thread else None
+    # Only the main thread may set handlers; an ignored SIGTERM stays ignored, as Python leaves an ignored SIGINT.
+    takes_sigterm = (threading.current_thread() is threading.main_thread()
+                     and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN)
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_terminate) if takes_sigterm else None
     try:
         return _run(args)
     finally:

@@ -167,3 +167,16 @@ def tiny_sd_model(flowsr_lora_file, tiny_sd_folder):
     from flowsr.loading import load_model
 
     return load_model(flowsr_lora_file, tiny_sd_folder, device="cpu", dtype="fp32")
+
+
+@pytest.fixture
+def terminal_signals():
+    """SIGINT and SIGTERM as in a terminal (Python's handler, the default), whatever started pytest: a shell's
+    background job or nohup starts it with SIGINT ignored, and an ignored signal stays ignored."""
+    import signal
+
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+    yield
+    for number, handler in previous.items():
+        signal.signal(number, handler)

@@ -31,7 +31,11 @@ class TrainingStopped(Exception):
 
 
 class StopRequest:
-    """While active (a ``with`` block in the main thread), SIGINT and SIGTERM are noted instead of raised."""
+    """While active (a ``with`` block in the main thread), SIGINT and SIGTERM are noted instead of raised.
+
+    A signal ignored when it starts stays ignored, as Python leaves it: a job started with nohup or in a shell's
+    background is not meant to stop on the terminal's Ctrl-C.
+    """
 
     def __init__(self):
         self.number: Optional[int] = None
@@ -39,7 +43,8 @@ class StopRequest:
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            self.previous = {number: signal.signal(number, self._note) for number in SIGNAL_NAMES}
+            self.previous = {number: signal.signal(number, self._note) for number in SIGNAL_NAMES
+                             if signal.getsignal(number) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *_) -> None:

@@ -274,7 +274,7 @@ def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
 @pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
                                                 (signal.SIGTERM, 143, "terminated")])
 def test_a_signal_during_a_folder_job_exits_128_plus_it_and_leaves_only_whole_files(
-        tiny_checkpoint, tmp_path, monkeypatch, capsys, signum, code, word):
+        tiny_checkpoint, tmp_path, monkeypatch, capsys, terminal_signals, signum, code, word):
     """A real Ctrl-C or SIGTERM to this process mid-job: 128 + the signal, as shells and launchers expect, one
     line saying how to continue, and nothing half-written."""
     write_images(tmp_path / "in", [(8, 8)] * 3)

@@ -115,9 +115,24 @@ def test_validation_logs_metrics_and_images(small_run, validation_photos, tmp_pa
     assert images == ["val0_1step.png", "val0_2step.png"]
 
 
+def test_a_signal_ignored_at_the_start_stays_ignored(terminal_signals):
+    """nohup and a shell's background job start the trainer with SIGINT ignored: the terminal's Ctrl-C is not
+    for it. It stays ignored; SIGTERM is still noted."""
+    from train.stopping import StopRequest
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with StopRequest() as stop:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.number is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.number == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 @pytest.mark.parametrize("number, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_writes_a_checkpoint_and_the_resumed_run_is_the_straight_one(
-        small_run, tmp_path, monkeypatch, capsys, number, code):
+        small_run, tmp_path, monkeypatch, capsys, terminal_signals, number, code):
     """A real signal mid-run: the step under way finishes, a checkpoint of it is written, one line says how to
     continue, exit 128 + the signal; --resume latest then ends where a run without the signal ends, bit for bit."""
     from train import train as trainer
@@ -137,7 +152,8 @@ def test_a_signal_writes_a_checkpoint_and_the_resumed_run_is_the_straight_one(
     assert "--resume latest" in error and "Traceback" not in error
     assert [p.name for p in list_checkpoints(tmp_path / "stopped")] == ["step_00000002"]
     assert not list((tmp_path / "stopped" / "checkpoints").glob("*.tmp"))
-    assert signal.getsignal(number) is not None and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer put them back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
     monkeypatch.setattr(trainer, "after_step", real_after_step)
     assert trainer.main(argv + ["--resume", "latest"]) == 0
