@@ -73,12 +73,14 @@ PROMPT_ENDS = ("execution_interrupted", "execution_error", "execution_success")
 class Server:
     """A ComfyUI process of our own on 127.0.0.1, and the few HTTP calls the checks need."""
 
-    def __init__(self, comfyui: Path, python: str, port: int, log: Path, flags: tuple = ()):
+    def __init__(self, comfyui: Path, python: str, port: int, log: Path, flags: tuple = (),
+                 memory_mode: Optional[str] = None):
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self.client_id = uuid.uuid4().hex
-        command = [python, "main.py", "--cpu", "--disable-api-nodes", "--listen", "127.0.0.1", "--port", str(port),
-                   *SERVER_FLAGS, *flags]
+        launcher = [str(HERE / "comfyui_vram_on_cpu.py"), memory_mode] if memory_mode else []
+        command = [python, *launcher, "main.py", "--cpu", "--disable-api-nodes", "--listen", "127.0.0.1",
+                   "--port", str(port), *SERVER_FLAGS, *flags]
         self.process = subprocess.Popen(command, cwd=comfyui, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
 
@@ -537,8 +539,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         server.stop()
         if models.reference and not args.skip_options:
             summary["native_options"] = comfyui_native.check_options(
-                lambda flags, index: Server(comfyui, args.python, args.port + index,
-                                            args.out / f"comfyui-{index}.log", tuple(flags)),
+                lambda flags, index, memory_mode: Server(comfyui, args.python, args.port + index,
+                                                         args.out / f"comfyui-{index}.log", tuple(flags), memory_mode),
                 comfyui, REPO_ROOT / "workflows", models, report, args.timeout)
     except Exception as error:  # report what broke, then still stop the server
         report.check("driver ran to the end", False, f"{type(error).__name__}: {error}")
