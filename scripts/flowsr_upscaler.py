@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -350,14 +351,15 @@ class UpscalerFlowSR(Upscaler):
             return img
         self.pass_done = True
         options = upscale_options(self.scale)
-        pipeline = self.load(*self.resolve(selected_model))
-        try:
-            return self.run(pipeline, img, options)
-        except flowsr.Cancelled:
-            print("FlowSR: interrupted; the image is only resized", file=shared.progress_print_out, flush=True)
-            return img
-        finally:
-            self.release()
+        with image_counted_unfinished():
+            pipeline = self.load(*self.resolve(selected_model))
+            try:
+                return self.run(pipeline, img, options)
+            except flowsr.Cancelled:
+                print("FlowSR: interrupted; the image is only resized", file=shared.progress_print_out, flush=True)
+                return img
+            finally:
+                self.release()
 
     def run(self, pipeline: flowsr.FlowSRPipeline, img, options: dict):
         progress = ConsoleProgress(getattr(shared.opts, "enable_upscale_progressbar", True))
@@ -367,12 +369,39 @@ class UpscalerFlowSR(Upscaler):
             progress.close()
 
 
-class ConsoleProgress:
-    """A1111's progress (``shared.state``, which the web UI and the API poll) and one console line per upscale.
+@contextmanager
+def image_counted_unfinished():
+    """While FlowSR loads and upscales, the progress the host shows counts the image as not yet finished.
 
     The web UI and /sdapi/v1/progress show ``job_no / job_count`` plus the share of this job's steps done. Extras
     counts its image as a finished job as it starts it (``state.nextjob()`` comes first), so they would show the
-    end all the while FlowSR works: for that while the image counts as not yet finished, as in txt2img.
+    end all the while FlowSR works; and the steps are the last upscale's until FlowSR reports its own.
+    """
+    state = shared.state
+    lowered = in_postprocessing() and state.job_no > 0
+    if lowered:
+        state.job_no -= 1
+    state.sampling_step = state.sampling_steps = 0
+    try:
+        yield
+    finally:
+        if lowered:
+            state.job_no += 1
+
+
+def in_postprocessing() -> bool:
+    """Whether the host's job is Extras: it is named "extras", then after each postprocessing script as that
+    script runs (the Upscale script, for upscalers; found in real A1111 1.10.1, where a check of "extras" alone
+    never held)."""
+    from modules import scripts
+
+    runner = getattr(scripts, "scripts_postproc", None)
+    names = {script.name for script in getattr(runner, "scripts", None) or ()}
+    return shared.state.job == "extras" or shared.state.job in names
+
+
+class ConsoleProgress:
+    """A1111's progress (``shared.state``, which the web UI and the API poll) and one console line per upscale.
 
     The bar starts at the first network call, once the total is known (a bar without a total prints a
     "0call" frame of its own), and only its closing frame shows the end (tqdm redraws when it closes, so
@@ -383,9 +412,6 @@ class ConsoleProgress:
         self.console = console
         self.bar = None
         self.started = time.time()
-        self.in_extras = getattr(shared.state, "job", "") == "extras" and getattr(shared.state, "job_no", 0) > 0
-        if self.in_extras:
-            shared.state.job_no -= 1
 
     def __call__(self, done: int, total: int) -> None:
         shared.state.sampling_steps, shared.state.sampling_step = total, done
@@ -403,8 +429,6 @@ class ConsoleProgress:
             self.bar.n = done  # drawn by close()
 
     def close(self) -> None:
-        if self.in_extras:
-            shared.state.job_no += 1
         if self.bar is not None:
             self.bar.close()
 

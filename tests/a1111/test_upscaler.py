@@ -148,7 +148,7 @@ def test_interrupt_stops_between_tiles_and_returns_a1111s_resize(start_a1111, bu
     upscaler = a1111.upscalers[BUILTIN_ENTRY]
     result = upscaler.scaler.upscale(image, 4, upscaler.data_path)
 
-    assert state.steps_seen == [1, 2], "no network call after the interrupt"
+    assert state.steps_seen == [0, 1, 2], "no network call after the interrupt"  # 0: cleared as FlowSR starts
     assert a1111.shared.state.sampling_steps > 2
     assert len(record_passes) == 1
     assert result.tobytes() == image.resize((160, 160), Image.Resampling.LANCZOS).tobytes()
@@ -180,13 +180,20 @@ class ProgressAsA1111Shows:
         return min(progress, 1)
 
 
-def test_extras_progress_shows_the_end_only_at_the_end(start_a1111, builtin_small):
-    """Extras counts its image as done when it starts it (nextjob() first); while FlowSR runs it is not."""
+@pytest.mark.parametrize("job", ["extras", "Upscale"])
+def test_extras_progress_shows_the_end_only_at_the_end(start_a1111, builtin_small, monkeypatch, job):
+    """Extras counts its image as done when it starts it (nextjob() first); while FlowSR runs it is not. The job
+    is named "extras", then after each postprocessing script while that runs (in real A1111: "Upscale"); the
+    steps left by the previous upscale are not shown as this one's."""
     a1111 = start_a1111("--use-cpu", "all")
+    from modules import scripts
+
+    monkeypatch.setattr(scripts, "scripts_postproc", SimpleNamespace(scripts=[SimpleNamespace(name="Upscale")]))
     a1111.shared.opts.flowsr_tile_size = 16
     state = a1111.shared.state
     state.begin(job="extras")
     state.job_count, state.job_no = 1, 1  # as run_postprocessing leaves them for its one image
+    state.job, state.sampling_steps, state.sampling_step = job, 3, 3  # the script's name; the last upscale's
     a1111.shared.state = shown = ProgressAsA1111Shows(state)
     upscaler = a1111.upscalers[BUILTIN_ENTRY]
     upscaler.scaler.upscale(picture(40, 40), 4, upscaler.data_path)

@@ -24,7 +24,7 @@ A1111's launcher does (twice: the second run must change nothing), starts ``laun
 - bad values of FlowSR settings (BAD_SETTINGS), posted or already in config.json at the start, are refused or
   reset with one log line each and no traceback, and ``GET /sdapi/v1/options`` still answers;
 - an interrupt during the long upscale of issue 24 stops FlowSR within CANCEL_DELAY_LIMIT_S, and
-  ``/sdapi/v1/progress`` never says 1.0 while network calls remain;
+  ``/sdapi/v1/progress`` never says 1.0 before the last network call (its own offset aside: API_OFFSET_DONE);
 - the console shows one progress line per upscale.
 
 Results go to ``--out`` (report.json, report.md, the server log, the images). Exit status 0 when all passed.
@@ -57,6 +57,8 @@ SERVER_FLAGS = ["--api", "--nowebui", "--skip-prepare-environment", "--skip-torc
 HOST_FLAGS = {"a1111": [], "reforge": ["--always-cpu"]}
 #: How long FlowSR may take to stop after POST /sdapi/v1/interrupt has answered (issue 24: about a second).
 CANCEL_DELAY_LIMIT_S = 1.0
+#: The share of a job done from which /sdapi/v1/progress answers 1.0 whatever the job (0.01 + share, clamped).
+API_OFFSET_DONE = 0.99
 #: The issue's long upscale: at x4 on the CPU the automatic tile is the whole image, a few long network calls.
 LONG_UPSCALE_SIZE = (768, 576)
 #: Values that real A1111 1.10.1 stored before they were checked, after which GET /sdapi/v1/options answered 500.
@@ -396,8 +398,10 @@ def check_cancel_delay(report: Report, server: Server, upscaler: str) -> None:
                                     f"interrupt answered, the request answered {answered:.2f} s after")
     report.check(f"cancel: FlowSR stops within {CANCEL_DELAY_LIMIT_S} s of POST /sdapi/v1/interrupt",
                  by_interrupt and delay <= CANCEL_DELAY_LIMIT_S, report.facts["cancel delay"])
-    early = [r for r in readings if r[0] >= 1.0 and r[1] < r[2]]
-    report.check("cancel: /sdapi/v1/progress never says 1.0 while network calls remain", readings and not early,
+    # /sdapi/v1/progress adds 0.01 to what is done (its "avoid dividing zero") and clamps at 1, so it shows 1.0
+    # once 99 % of any job is done (104 of 105 calls); the web UI's own progress has no such offset.
+    early = [r for r in readings if r[0] >= 1.0 and r[1] < API_OFFSET_DONE * r[2]]
+    report.check("cancel: /sdapi/v1/progress says 1.0 only once 99 % of the calls are done", readings and not early,
                  f"{len(readings)} readings; at 1.0 early: {[(round(p, 3), f'{c}/{n}') for p, c, n in early][:5]}")
 
 
