@@ -72,12 +72,17 @@ def read_header(path: Path) -> tuple[int, int, str]:
     """(width, height, PIL mode) with the EXIF orientation applied, read from the header without decoding."""
     with _open(path) as image:
         width, height = image.size
-        try:
-            sideways = image.getexif().get(_ORIENTATION_TAG) in _SIDEWAYS
-        except Exception:  # a damaged EXIF block: the image is read without it
-            sideways = False
+        sideways = _orientation(image) in _SIDEWAYS
         mode = SIXTEEN_BIT_COLOUR_MODES[image.mode] if _is_16_bit_colour(image) else image.mode
         return (height, width, mode) if sideways else (width, height, mode)
+
+
+def _orientation(image: Image.Image) -> Optional[int]:
+    """The EXIF orientation, or None: also for a damaged EXIF block, with which the image is read as it is."""
+    try:
+        return image.getexif().get(_ORIENTATION_TAG)
+    except Exception:  # PIL raises many kinds of errors for damaged EXIF
+        return None
 
 
 def _is_16_bit_colour(image: Image.Image) -> bool:
@@ -101,16 +106,17 @@ def read_picture(path: Path) -> Picture:
     except MemoryError:
         image.close()
         raise BadInputError("not enough memory to decode it; upscale it on its own or on a larger machine") from None
+    orientation = _orientation(image)  # before _upright turns it
     image, exif = _upright(image)
     metadata = {"icc_profile": image.info.get("icc_profile"), "exif": exif}
     metadata = {key: value for key, value in metadata.items() if value}
     if sixteen_bit_colour:
-        return Picture(_read_16_bit_png(path), metadata, frames)
+        return Picture(_read_16_bit_png(path, orientation), metadata, frames)
     return Picture(image, metadata, frames)
 
 
-def _read_16_bit_png(path: Path) -> np.ndarray:
-    """The PNG's 16-bit colour as a uint16 (H, W, C) array, turned upright as its EXIF orientation says."""
+def _read_16_bit_png(path: Path, orientation: Optional[int]) -> np.ndarray:
+    """The PNG's 16-bit colour as a uint16 (H, W, C) array, turned upright as ``orientation`` (EXIF) says."""
     import png
 
     try:
@@ -118,11 +124,6 @@ def _read_16_bit_png(path: Path) -> np.ndarray:
         pixels = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
     except (png.Error, OSError, ValueError) as error:
         raise BadInputError(f"cannot decode its 16-bit colour ({error})") from None
-    with _open(path) as original:
-        try:
-            orientation = original.getexif().get(_ORIENTATION_TAG)
-        except Exception:  # a damaged EXIF block is ignored, as everywhere else
-            orientation = None
     return np.ascontiguousarray(_UPRIGHT_ARRAY.get(orientation, lambda a: a)(pixels))
 
 
@@ -130,7 +131,7 @@ def _upright(image: Image.Image) -> tuple[Image.Image, Optional[bytes]]:
     """``image`` turned as its EXIF orientation says, and its EXIF without the orientation. A damaged EXIF block
     (PIL raises many kinds of errors for those) is dropped, as :func:`read_header` ignores it."""
     try:
-        if image.getexif().get(_ORIENTATION_TAG) not in (None, 1):
+        if _orientation(image) not in (None, 1):
             upright = ImageOps.exif_transpose(image)  # a copy: Pillow 9 (A1111's pin) cannot turn in place
             image.close()
             image = upright

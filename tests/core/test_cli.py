@@ -340,3 +340,16 @@ def test_compile_without_a_cpp_compiler_says_so_and_upscales_uncompiled(tiny_che
                for r in caplog.records)
     assert main(["upscale", str(photos / "a.png"), "-o", str(plain), *common]) == 0
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(plain)))
+
+
+def test_16_bit_colour_png_is_read_upright_as_its_exif_says(tmp_path):
+    """Orientation 6 (turned 90 degrees clockwise to view): the array comes out turned, as PIL turns 8-bit ones."""
+    from flowsr.imagefiles import _16_bit_png, read_picture
+
+    pixels = (np.arange(4 * 6 * 3, dtype=np.uint16).reshape(4, 6, 3) * 700 + 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "turned.png").write_bytes(_16_bit_png(pixels, {"exif": exif.tobytes()}))
+    picture = read_picture(tmp_path / "turned.png")
+    assert picture.image.dtype == np.uint16
+    np.testing.assert_array_equal(picture.image, np.rot90(pixels, -1))
