@@ -77,6 +77,8 @@ SETTINGS = {
 SETTINGS_VERSION_KEY, SETTINGS_VERSION = "flowsr_settings_version", 2
 SETTINGS_VERSION_OPTION = Option("settings_version", int, SETTINGS_VERSION, "Hidden.", minimum=1,
                                  maximum=SETTINGS_VERSION)
+#: Every setting FlowSR checks, the hidden one included, and its default.
+CHECKED_DEFAULTS = {**{key: spec.default for key, spec in SETTINGS.items()}, SETTINGS_VERSION_KEY: SETTINGS_VERSION}
 #: How messages name the values of a setting that holds no flowsr option.
 TYPE_NAMES = {bool: "true or false", str: "text"}
 #: The value each setting holds since it was last set, put back when a new one is refused (an onchange callback
@@ -151,7 +153,7 @@ def register_settings() -> None:
     if saved_by_version_1:
         migrate_version_1_settings()
     reset_unusable_saved_settings()
-    accepted_values.update({key: getattr(shared.opts, key) for key in [*SETTINGS, SETTINGS_VERSION_KEY]})
+    accepted_values.update({key: getattr(shared.opts, key) for key in CHECKED_DEFAULTS})
     list_in_api_options()
 
 
@@ -165,8 +167,7 @@ def migrate_version_1_settings() -> None:
 
 def reset_unusable_saved_settings() -> None:
     """A saved value flowsr cannot take would fail every upscale, and a wrongly typed one GET /sdapi/v1/options."""
-    defaults = {**{key: spec.default for key, spec in SETTINGS.items()}, SETTINGS_VERSION_KEY: SETTINGS_VERSION}
-    for key, default in defaults.items():
+    for key, default in CHECKED_DEFAULTS.items():
         wrong = refusal(key, shared.opts.data.get(key, default))
         if wrong is not None:
             shared.opts.data[key] = default
